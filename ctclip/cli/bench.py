@@ -1,0 +1,15 @@
+"""`ctclip bench` (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = 'bench (not available yet)'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    raise SystemExit('ctclip bench is not available yet')

@@ -1,0 +1,15 @@
+"""`ctclip train` (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = 'train (not available yet)'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    raise SystemExit('ctclip train is not available yet')

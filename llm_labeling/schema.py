@@ -1,0 +1,25 @@
+"""The one home of the 18 CT-RATE findings; every other module imports them from here."""
+
+from __future__ import annotations
+
+# Spelled and ordered exactly as CT-RATE's multi_abnormality_labels CSVs.
+FINDINGS: tuple[str, ...] = (
+    'Medical material',
+    'Arterial wall calcification',
+    'Cardiomegaly',
+    'Pericardial effusion',
+    'Coronary artery wall calcification',
+    'Hiatal hernia',
+    'Lymphadenopathy',
+    'Emphysema',
+    'Atelectasis',
+    'Lung nodule',
+    'Lung opacity',
+    'Pulmonary fibrotic sequela',
+    'Pleural effusion',
+    'Mosaic attenuation pattern',
+    'Peribronchial thickening',
+    'Consolidation',
+    'Bronchiectasis',
+    'Interlobular septal thickening',
+)
