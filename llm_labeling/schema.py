@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
 # Spelled and ordered exactly as CT-RATE's multi_abnormality_labels CSVs.
 FINDINGS: tuple[str, ...] = (
     'Medical material',
@@ -32,10 +36,6 @@ ZERO_SHOT_TEMPLATES: dict[str, tuple[str, str]] = {
     'there-is': ('There is {c}.', 'There is no {c}.'),
     'plain': ('{c}.', 'not {c}.'),
 }
-
-from enum import Enum  # noqa: E402
-
-from pydantic import BaseModel, Field  # noqa: E402
 
 
 class Status(str, Enum):
