@@ -1,15 +1,54 @@
-"""`ctclip train` (being written)."""
+"""`ctclip train`: one training stage on DeepSpeed, resumable, from a YAML config."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-HELP = 'train (not available yet)'
+HELP = 'train a model (stage 1 supervised, stage 2 CLIP / evidence-aligned) with DeepSpeed'
+DESCRIPTION = """\
+Train one stage with DeepSpeed (ZeRO 0-3, fp32 or bf16, CPU or GPU, 1 or N processes).
+
+  ctclip train --config configs/train/stage1-small.yaml data.cache=cache.h5 \\
+      data.labels=labels.csv data.reports=reports.csv train.output_dir=runs/stage1
+  ctclip train --config configs/train/stage2-evidence-small.yaml ... \\
+      data.evidence=evidence.jsonl train.init_from=runs/stage1/final train.output_dir=runs/stage2
+  torchrun --nproc_per_node 2 -m ctclip.cli train --config ...      # multi-process
+
+Rerunning the same command resumes exactly from OUTPUT_DIR/checkpoints/latest. SIGTERM or SIGUSR1
+saves a checkpoint after the current step and exits with status 0; the run is finished when
+OUTPUT_DIR/final/ exists. Outputs: checkpoints/, final/ (exported model), metrics.jsonl,
+tensorboard/, training_curves.png, resolved_config.yaml.
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument('--output-dir', help='run folder (train.output_dir)')
+    parser.add_argument('--init-from', help='exported model folder to start from (train.init_from)')
+    parser.add_argument('--steps', type=int, help='optimizer steps (train.steps)')
+    parser.add_argument('--seed', type=int, help='seed of the data order, crops and init (train.seed)')
+    parser.add_argument('--no-resume', action='store_true', help='ignore checkpoints/latest')
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    raise SystemExit('ctclip train is not available yet')
+    from ctclip.config import resolve
+    from ctclip.training import TRAIN_DEFAULTS, train
+    from ctclip.training.trainer import Interrupted
+
+    flags = {
+        'train.output_dir': args.output_dir,
+        'train.init_from': args.init_from,
+        'train.steps': args.steps,
+        'train.seed': args.seed,
+        'train.resume': False if args.no_resume else None,
+    }
+    if not args.verbose:
+        logging.getLogger('DeepSpeed').setLevel(logging.WARNING)
+    cfg = resolve(TRAIN_DEFAULTS, args.config, flags, overrides)
+    try:
+        final = train(cfg)
+    except Interrupted as stop:
+        print(f'Checkpointed at step {stop.step} ({stop.reason}): {stop.checkpoint}. Rerun to resume.')
+        return 0
+    print(f'Model exported to {final}')
+    return 0

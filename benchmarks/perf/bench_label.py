@@ -1,0 +1,120 @@
+"""Labeler throughput against an OpenAI-compatible server with a fixed 200 ms latency per request.
+
+At concurrency 32 the ideal is 32 / 0.2 s = 160 reports/s; the target is 90% of it. The server runs
+in its own process so its CPU is not billed to ours; we also report the labeler process's CPU time
+per report (instructor + openai client + our runner), which is what caps throughput.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.perf.common import Row
+
+LATENCY_S = 0.2
+CONCURRENCY = 32
+TARGET_FRACTION = 0.9
+
+
+def _serve(latency: float, port_queue, stop_event) -> None:
+    from llm_labeling.fake_server import FakeChatServer
+
+    with FakeChatServer(latency=latency) as server:
+        port_queue.put(server.port)
+        stop_event.wait()
+
+
+def _write_reports(path: Path, n: int) -> None:
+    """Distinct texts (identical ones would be deduplicated and never reach the server)."""
+    with path.open('w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['VolumeName', 'Findings_EN', 'Impressions_EN'])
+        for i in range(n):
+            writer.writerow(
+                [
+                    f'bench_{i}_a_1.nii.gz',
+                    f'Report {i}. There is a {3 + i % 9} mm nodule in the right upper lobe. '
+                    'No pleural effusion. Heart size is normal.',
+                    'Not given.',
+                ]
+            )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _label(url: str, reports: Path, out: Path, prompt: str) -> tuple[float, float, dict]:
+    from llm_labeling.runner import label_reports
+
+    cfg = {
+        'reports': str(reports),
+        'out_dir': str(out),
+        'backend': 'openai',
+        'model': 'bench',
+        'base_url': url,
+        'concurrency': CONCURRENCY,
+        'prompt': prompt,
+        'cache': {'enabled': False},
+        'progress': False,
+    }
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    label_reports(cfg)
+    return time.perf_counter() - wall, _cpu_seconds() - cpu, cfg
+
+
+def run(quick: bool) -> list[Row]:
+    n = 320 if quick else 1600
+    ctx = mp.get_context('spawn')
+    ports, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=_serve, args=(LATENCY_S, ports, stop), daemon=True)
+    server.start()
+    rows = []
+    try:
+        url = f'http://127.0.0.1:{ports.get(timeout=60)}/v1'
+        ideal = CONCURRENCY / LATENCY_S
+        with tempfile.TemporaryDirectory() as tmp:
+            reports = Path(tmp) / 'reports.csv'
+            _write_reports(reports, n)
+            _label(url, reports, Path(tmp) / 'warmup', 'evidence')  # imports, pools, schema
+            for prompt in ('evidence', 'li'):
+                wall, cpu, _ = _label(url, reports, Path(tmp) / prompt, prompt)
+                rate = n / wall
+                rows.append(
+                    Row(
+                        area='label',
+                        what=f'reports/s, {prompt} prompt, concurrency {CONCURRENCY}, '
+                        f'{LATENCY_S * 1000:.0f} ms server latency',
+                        ours=rate,
+                        unit='reports/s',
+                        baseline=ideal,
+                        baseline_name='ideal concurrency / latency',
+                        ratio=rate / ideal,
+                        target=f'>= {TARGET_FRACTION:.0%} of ideal',
+                        target_ratio=TARGET_FRACTION,
+                        notes=f'{n} reports in {wall:.1f} s; labeler CPU {cpu / n * 1000:.2f} '
+                        'ms/report (instructor + openai client + runner)',
+                        extra={'cpu_ms_per_report': cpu / n * 1000, 'n': n},
+                    )
+                )
+                rows.append(
+                    Row(
+                        area='label',
+                        what=f'labeler CPU per report, {prompt} prompt',
+                        ours=cpu / n * 1000,
+                        unit='ms',
+                        notes='process CPU time (user + sys) of the labeling process / reports',
+                    )
+                )
+    finally:
+        stop.set()
+        server.join(timeout=10)
+        if server.is_alive():
+            server.kill()
+    return rows

@@ -1,0 +1,334 @@
+"""metrics.json, report.md, report.html and the PNGs of one benchmark run.
+
+The report is built once as a list of blocks (headings, paragraphs, tables, images) and rendered
+to both Markdown and HTML, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from benchmarks import plots
+from benchmarks.metrics import THRESHOLD_METRICS
+from benchmarks.published import PUBLISHED_NOTE, published_rows
+
+_logger = logging.getLogger(__name__)
+
+METRIC_LABELS = {
+    'auroc': 'AUROC',
+    'f1_weighted': 'F1 (support-weighted over 0/1)',
+    'f1_positive': 'F1 (positive class)',
+    'accuracy': 'Accuracy',
+    'precision': 'Precision (positive class)',
+    'sensitivity': 'Sensitivity',
+    'specificity': 'Specificity',
+}
+CONVENTIONS = [
+    'AUROC per class (ties count 1/2); headline = unweighted mean over classes with both labels present.',
+    'Threshold per class chosen on the evaluated set: candidates linspace(0, 1, 100), prediction '
+    'score > t (strict), minimising sqrt((1-TPR)^2 + FPR^2), ties to the larger t; re-chosen in every bootstrap draw.',
+    "At that threshold: support-weighted F1 over classes 0 and 1 (sklearn average='weighted'), "
+    'positive-class F1 (labelled as such), accuracy, positive-class precision, sensitivity, specificity.',
+    'Bootstrap: scans resampled with replacement (all reconstructions of a scan together), '
+    'fixed seed, percentile intervals; undefined draws (no positives) are skipped and counted.',
+    'Report->volume Recall@K: L2-normalised embeddings, dot product; hit when the own volume is in the top K.',
+    "Volume->volume MAP@K (CT-CLIP's definition, not ranking mAP): candidates = volumes with >= 1 positive label; "
+    'each of the top K scores the Jaccard overlap |both| / (|both| + |exactly one|); mean over hits, then queries.',
+]
+
+
+def versions() -> dict[str, str]:
+    """Versions that change numbers: ours, the numeric stack, and torch if it was loaded."""
+    import sys
+
+    import numpy
+
+    out = {'python': platform.python_version(), 'numpy': numpy.__version__}
+    try:
+        from importlib.metadata import version
+
+        out['ctclip'] = version('ctclip')
+    except Exception:  # a source checkout without an installed distribution
+        out['ctclip'] = 'unknown'
+    if 'torch' in sys.modules:
+        out['torch'] = sys.modules['torch'].__version__
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+
+
+def _clean_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_nan(v) for v in value]
+    return value
+
+
+def write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(_clean_nan(data), indent=2, default=_json_default) + '\n')
+    os.replace(tmp, path)
+
+
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fmt(entry: dict | None, pct: bool = False) -> str:
+    """'0.812 [0.801, 0.823]' (or percentages), 'n/a' when undefined."""
+    if not entry or entry.get('value') is None:
+        return 'n/a'
+    scale, digits = (100.0, 1) if pct else (1.0, 3)
+    text = f'{entry["value"] * scale:.{digits}f}'
+    if entry.get('ci_low') is not None:
+        text += f' [{entry["ci_low"] * scale:.{digits}f}, {entry["ci_high"] * scale:.{digits}f}]'
+    return text
+
+
+def headline(metrics: dict) -> dict[str, dict]:
+    """The numbers a reader looks for first, each with its CI."""
+    out: dict[str, dict] = {}
+    cls = metrics.get('classification')
+    if cls:
+        for m in ('auroc', *THRESHOLD_METRICS):
+            out[f'mean {METRIC_LABELS[m]}'] = cls['macro'][m]
+    ret = metrics.get('retrieval') or {}
+    for block in ('report_to_volume', 'volume_to_volume'):
+        for key, value in (ret.get(block) or {}).items():
+            if '@' in key:
+                out[key.replace('recall', 'Recall').replace('map', 'MAP')] = value
+    return out
+
+
+def _blocks(metrics: dict, images: dict[str, str]) -> list[tuple]:
+    blocks: list[tuple] = [('h1', metrics.get('title', 'Benchmark report'))]
+    blocks.append(
+        ('p', f'Protocol: {metrics.get("protocol", "-")}. Created {metrics.get("created", "-")}.')
+    )
+    if metrics.get('notes'):
+        blocks.extend(('p', n) for n in metrics['notes'])
+    heads = headline(metrics)
+    if heads:
+        blocks.append(('h2', 'Headline numbers (95% bootstrap CI)'))
+        blocks.append(
+            ('table', ['metric', 'value [95% CI]'], [[k, fmt(v)] for k, v in heads.items()])
+        )
+    cls = metrics.get('classification')
+    if cls:
+        blocks.append(
+            (
+                'h2',
+                f'Zero-shot classification: {len(cls["classes"])} classes, {cls["n_items"]} items',
+            )
+        )
+        header = [
+            'class',
+            'n+',
+            'n-',
+            'AUROC',
+            'threshold',
+            *(METRIC_LABELS[m] for m in THRESHOLD_METRICS),
+        ]
+        rows = []
+        for name in cls['classes']:
+            e = cls['per_class'][name]
+            rows.append(
+                [
+                    name,
+                    e['n_positive'],
+                    e['n_negative'],
+                    fmt(e['auroc']),
+                    f'{e["threshold"]:.3f}',
+                    *(fmt(e[m]) for m in THRESHOLD_METRICS),
+                ]
+            )
+        blocks.append(('table', header, rows))
+        if cls['undefined_classes']:
+            blocks.append(
+                (
+                    'p',
+                    f'Undefined (one label value only), left out of the means: {", ".join(cls["undefined_classes"])}.',
+                )
+            )
+        for key in ('auroc_bars', 'roc'):
+            if key in images:
+                blocks.append(('img', images[key], key))
+    ret = metrics.get('retrieval')
+    if ret:
+        blocks.append(
+            (
+                'h2',
+                f'Retrieval ({ret["options"]["protocol"]} protocol, {ret["n_volumes"]} {ret["unit"]}s)',
+            )
+        )
+        rows = [
+            [f'{block} {k}', fmt(v)]
+            for block in ('report_to_volume', 'volume_to_volume')
+            for k, v in (ret.get(block) or {}).items()
+            if '@' in k
+        ]
+        blocks.append(('table', ['metric', 'value [95% CI]'], rows))
+        opts = ret['options']
+        blocks.append(
+            (
+                'p',
+                'Options: '
+                + ', '.join(
+                    f'{k}={opts[k]}'
+                    for k in ('exclude', 'negative_queries', 'cumulative_k', 'ties', 'report_match')
+                ),
+            )
+        )
+        if 'retrieval' in images:
+            blocks.append(('img', images['retrieval'], 'retrieval'))
+    blocks.append(('h2', 'Published results (their protocols, not recomputed)'))
+    blocks.append(('p', PUBLISHED_NOTE))
+    blocks.append(
+        (
+            'table',
+            ['model', 'CT-RATE AUROC %', 'RAD-ChestCT AUROC %', 'R@100 %', 'MAP@50 %'],
+            [
+                [
+                    r['model'],
+                    *(
+                        _pct(r[k])
+                        for k in (
+                            'ctrate_auroc',
+                            'radchestct_auroc',
+                            'report_to_volume_r100',
+                            'volume_to_volume_map50',
+                        )
+                    ),
+                ]
+                for r in metrics.get('published', published_rows())
+            ],
+        )
+    )
+    blocks.append(('h2', 'Conventions'))
+    blocks.extend(('li', c) for c in CONVENTIONS)
+    blocks.append(
+        ('p', 'Versions: ' + ', '.join(f'{k} {v}' for k, v in metrics.get('versions', {}).items()))
+    )
+    return blocks
+
+
+def _pct(v: float | None) -> str:
+    return '-' if v is None else f'{v:.1f}'
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    lines: list[str] = []
+    for previous, block in zip([('',), *blocks], blocks, strict=False):
+        kind = block[0]
+        if previous[0] == 'li' and kind != 'li':
+            lines.append('')
+        if kind in ('h1', 'h2'):
+            lines += ['#' * int(kind[1]) + ' ' + block[1], '']
+        elif kind == 'p':
+            lines += [block[1], '']
+        elif kind == 'li':
+            lines.append(f'- {block[1]}')
+        elif kind == 'table':
+            lines.append('| ' + ' | '.join(map(str, block[1])) + ' |')
+            lines.append('|' + '---|' * len(block[1]))
+            lines += ['| ' + ' | '.join(map(str, r)) + ' |' for r in block[2]]
+            lines.append('')
+        elif kind == 'img':
+            lines += [f'![{block[2]}]({block[1]})', '']
+    return '\n'.join(lines).rstrip() + '\n'
+
+
+def render_html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    body: list[str] = []
+    in_list = False
+    for block in blocks:
+        kind = block[0]
+        if kind != 'li' and in_list:
+            body.append('</ul>')
+            in_list = False
+        if kind in ('h1', 'h2'):
+            body.append(f'<{kind}>{e(block[1])}</{kind}>')
+        elif kind == 'p':
+            body.append(f'<p>{e(block[1])}</p>')
+        elif kind == 'li':
+            if not in_list:
+                body.append('<ul>')
+                in_list = True
+            body.append(f'<li>{e(block[1])}</li>')
+        elif kind == 'table':
+            head = ''.join(f'<th>{e(str(h))}</th>' for h in block[1])
+            rows = ''.join(
+                '<tr>' + ''.join(f'<td>{e(str(c))}</td>' for c in r) + '</tr>' for r in block[2]
+            )
+            body.append(f'<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+        elif kind == 'img':
+            body.append(f'<p><img src="{e(block[1])}" alt="{e(block[2])}"></p>')
+    if in_list:
+        body.append('</ul>')
+    style = (
+        'body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}'
+        'table{border-collapse:collapse;font-size:13px;margin:1em 0}'
+        'td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#eef}'
+        'img{max-width:100%}'
+    )
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{e(title)}</title>'
+        f'<style>{style}</style></head><body>\n' + '\n'.join(body) + '\n</body></html>\n'
+    )
+
+
+def write_report(
+    metrics: dict, out_dir: str | os.PathLike, plots_enabled: bool = True
+) -> dict[str, Path]:
+    """Write metrics.json, report.md, report.html and the PNGs into `out_dir`; return their paths.
+
+    `metrics` (completed in place with 'created', 'versions', 'published' and 'headline')
+    holds a 'classification' block (from `benchmarks.score`) and/or a 'retrieval'
+    block (from `benchmarks.score_retrieval`), plus 'title', 'protocol', 'options', 'notes'.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics.setdefault('created', dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
+    metrics.setdefault('versions', versions())
+    metrics.setdefault('published', published_rows())
+    metrics['published_note'] = PUBLISHED_NOTE
+    metrics['headline'] = headline(metrics)
+    paths: dict[str, Path] = {}
+    images: dict[str, str] = {}
+    if plots_enabled:
+        cls, ret = metrics.get('classification'), metrics.get('retrieval')
+        if cls:
+            paths['roc'] = plots.plot_roc(cls, out / 'roc_curves.png')
+            paths['auroc_bars'] = plots.plot_auroc_bars(cls, out / 'auroc_bars.png')
+        if ret and ('report_to_volume' in ret or 'volume_to_volume' in ret):
+            paths['retrieval'] = plots.plot_retrieval(ret, out / 'retrieval.png')
+        images = {k: p.name for k, p in paths.items()}
+    blocks = _blocks(metrics, images)
+    paths['metrics'] = out / 'metrics.json'
+    write_json(metrics, paths['metrics'])
+    paths['markdown'] = out / 'report.md'
+    _write_text(render_markdown(blocks), paths['markdown'])
+    paths['html'] = out / 'report.html'
+    _write_text(render_html(blocks, metrics.get('title', 'Benchmark report')), paths['html'])
+    _logger.info('wrote %s', ', '.join(str(p) for p in paths.values()))
+    return paths

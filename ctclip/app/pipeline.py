@@ -1,0 +1,108 @@
+"""A resumable chain of stages with one progress display.
+
+Each finished stage leaves `stages/<name>.json` (written atomically) holding its summary and the
+settings it ran with. A rerun skips stages whose marker matches the current settings, so an
+interrupted demo picks up at the stage it was in; the stage itself resumes from its own outputs
+(the cache, the label cache and the training checkpoints are all resumable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+_logger = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def settings_hash(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    """One step of a pipeline: `run(settings)` does the work and returns a JSON-able summary."""
+
+    name: str
+    title: str
+    run: Callable[[dict], dict]
+    settings: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, out_dir: Path, stages: list[Stage], progress: bool = True):
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f'Stage names must be unique, not {names}')
+        self.out_dir = Path(out_dir)
+        self.stages = stages
+        self.progress = progress
+        self.marker_dir = self.out_dir / 'stages'
+
+    def marker(self, stage: Stage) -> Path:
+        return self.marker_dir / f'{stage.name}.json'
+
+    def done(self, stage: Stage) -> dict | None:
+        """The stored summary if the stage finished with the same settings, else None."""
+        path = self.marker(stage)
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        if data.get('settings_hash') != settings_hash(stage.settings):
+            _logger.info('stage %s ran with other settings before: running it again', stage.name)
+            return None
+        return data
+
+    def run(self, force: tuple[str, ...] = ()) -> dict[str, dict]:
+        results: dict[str, dict] = {}
+        bar = tqdm(total=len(self.stages), desc='ctclip demo', unit='stage', disable=not self.progress)
+        for stage in self.stages:
+            bar.set_postfix_str(stage.title)
+            previous = None if stage.name in force else self.done(stage)
+            if previous is not None:
+                tqdm.write(f'[skip] {stage.title}: done before ({self.marker(stage)})')
+                results[stage.name] = previous['summary']
+                bar.update(1)
+                continue
+            tqdm.write(f'[run ] {stage.title}')
+            start = time.time()
+            summary = stage.run(stage.settings) or {}
+            seconds = time.time() - start
+            write_json_atomic(
+                self.marker(stage),
+                {
+                    'stage': stage.name,
+                    'settings': stage.settings,
+                    'settings_hash': settings_hash(stage.settings),
+                    'seconds': round(seconds, 1),
+                    'summary': summary,
+                },
+            )
+            tqdm.write(f'[done] {stage.title} in {seconds:.0f} s')
+            results[stage.name] = summary
+            bar.update(1)
+        bar.close()
+        return results
+
+    def timings(self) -> dict[str, float]:
+        out = {}
+        for stage in self.stages:
+            path = self.marker(stage)
+            if path.exists():
+                out[stage.name] = json.loads(path.read_text()).get('seconds', 0.0)
+        return out

@@ -1,0 +1,166 @@
+"""Load-time intensity window and crops for cached int16 HU volumes.
+
+The cache keeps raw HU so the window stays a training-time choice; these helpers turn one cached
+volume into the float tensor the model sees, reading only the crop from HDF5.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+_logger = logging.getLogger(__name__)
+
+
+class Window:
+    """Clip HU to [hu_min, hu_max] and map linearly to [out_min, out_max] (float32)."""
+
+    def __init__(self, hu_min: float, hu_max: float, out_min: float = -1.0, out_max: float = 1.0):
+        if not hu_max > hu_min:
+            raise ValueError(f'Window hu_max must be greater than hu_min, not [{hu_min}, {hu_max}]')
+        self.hu_min, self.hu_max = float(hu_min), float(hu_max)
+        self.out_min, self.out_max = float(out_min), float(out_max)
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray:
+        scale = (self.out_max - self.out_min) / (self.hu_max - self.hu_min)
+        out = np.clip(hu.astype(np.float32), self.hu_min, self.hu_max)
+        return (out - self.hu_min) * scale + self.out_min
+
+    @property
+    def pad_value_hu(self) -> float:
+        """Padding in HU maps to the window's lower end (air), like the recipes' pad value."""
+        return self.hu_min
+
+    def __repr__(self) -> str:
+        return f'Window([{self.hu_min}, {self.hu_max}] -> [{self.out_min}, {self.out_max}])'
+
+    @classmethod
+    def parse(cls, spec: Any) -> Window:
+        """From `[lo, hi]`, `[lo, hi, out_lo, out_hi]` or a mapping with hu_min/hu_max/out_min/out_max."""
+        if isinstance(spec, Window):
+            return spec
+        if isinstance(spec, Mapping):
+            lo = _first(spec, ('hu_min', 'min', 'low', 'clip_min', 'a_min'))
+            hi = _first(spec, ('hu_max', 'max', 'high', 'clip_max', 'a_max'))
+            out = spec.get('out_range') or spec.get('range') or (
+                _first(spec, ('out_min', 'b_min'), -1.0), _first(spec, ('out_max', 'b_max'), 1.0))
+            if lo is None or hi is None:
+                raise ValueError(f'Window must give hu_min and hu_max, not {dict(spec)!r}')
+            return cls(lo, hi, *out)
+        if isinstance(spec, Sequence) and len(spec) in (2, 4) and not isinstance(spec, str):
+            return cls(*[float(v) for v in spec])
+        raise ValueError(f'Window must be [hu_min, hu_max] or a mapping, not {spec!r}')
+
+
+def _first(mapping: Mapping, keys: Sequence[str], default: Any = None) -> Any:
+    for key in keys:
+        if mapping.get(key) is not None:
+            return mapping[key]
+    return default
+
+
+def recipe_window(recipe: Mapping | None) -> Window | None:
+    """The window a cache recipe asks for, or None when the recipe does not say."""
+    if not recipe:
+        return None
+    if recipe.get('window_hu') is not None:
+        return Window(*recipe['window_hu'], *(recipe.get('window_out') or (-1.0, 1.0)))
+    for key in ('window', 'intensity', 'normalization'):
+        if recipe.get(key) is not None:
+            return Window.parse(recipe[key])
+    return None
+
+
+def recipe_crop(recipe: Mapping | None) -> tuple[int, int, int] | None:
+    """The (z, y, x) training crop a cache recipe asks for, or None."""
+    if not recipe:
+        return None
+    for key in ('crop_zyx', 'train_crop_zyx'):
+        if recipe.get(key) is not None:
+            return parse_size(recipe[key], key)
+    for key in ('crop', 'train_crop'):
+        value = recipe.get(key)
+        if isinstance(value, Mapping):
+            value = value.get('size_zyx') or value.get('train_zyx') or value.get('zyx')
+        if value is not None:
+            return parse_size(value, key)
+    if recipe.get('shape_zyx') is not None:
+        return parse_size(recipe['shape_zyx'], 'shape_zyx')
+    return None
+
+
+def parse_size(value: Any, name: str = 'crop_zyx') -> tuple[int, int, int]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 3:
+        raise ValueError(f'{name} must be three integers (z, y, x), not {value!r}')
+    size = tuple(int(v) for v in value)
+    if min(size) <= 0:
+        raise ValueError(f'{name} must be positive, not {value!r}')
+    return size  # type: ignore[return-value]
+
+
+def crop_start(
+    shape: Sequence[int], size: Sequence[int], rng: np.random.Generator | None
+) -> tuple[int, ...]:
+    """A random (rng given) or centre crop start per axis; 0 where the volume is smaller."""
+    starts = []
+    for dim, want in zip(shape, size):
+        room = max(int(dim) - int(want), 0)
+        starts.append(int(rng.integers(0, room + 1)) if rng is not None else room // 2)
+    return tuple(starts)
+
+
+def pad_to(array: np.ndarray, size: Sequence[int], value: float) -> np.ndarray:
+    """Centre-pad an array up to `size` (axes already at least that size are left alone)."""
+    if all(a >= s for a, s in zip(array.shape, size)):
+        return array
+    pads = []
+    for dim, want in zip(array.shape, size):
+        extra = max(int(want) - dim, 0)
+        pads.append((extra // 2, extra - extra // 2))
+    return np.pad(array, pads, mode='constant', constant_values=value)
+
+
+def read_window_crop(
+    cache: Any,
+    volume_id: str,
+    shape: Sequence[int],
+    size: Sequence[int],
+    window: Window,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """Read only the crop from the cache, pad small volumes with air, window to float32."""
+    start = crop_start(shape, size, rng)
+    read_size = tuple(min(int(d), int(s)) for d, s in zip(shape, size))
+    hu = np.asarray(cache.read_crop(volume_id, start, read_size))
+    hu = pad_to(hu, size, window.pad_value_hu)
+    return window(hu)
+
+
+def build_augment(spec: Mapping | None) -> Any:
+    """Optional TorchIO augmentations from config, e.g. `{affine: {scales: 0.1, degrees: 10}, noise: {std: 0.02}}`.
+
+    Applied to the windowed [1, D, H, W] tensor; the sample's own seed drives them.
+    """
+    if not spec:
+        return None
+    import torchio as tio
+
+    known = {
+        'flip': tio.RandomFlip,
+        'affine': tio.RandomAffine,
+        'noise': tio.RandomNoise,
+        'gamma': tio.RandomGamma,
+        'blur': tio.RandomBlur,
+        'anisotropy': tio.RandomAnisotropy,
+    }
+    transforms = []
+    for name, kwargs in spec.items():
+        if name not in known:
+            raise ValueError(f'Augmentation must be one of {sorted(known)}, not {name!r}')
+        if kwargs is False or kwargs is None:
+            continue
+        transforms.append(known[name](**(kwargs if isinstance(kwargs, Mapping) else {})))
+    return tio.Compose(transforms) if transforms else None

@@ -1,0 +1,120 @@
+"""Rank and world size from torchrun or SLURM, and the autograd-aware gather the losses use.
+
+Contrastive losses need the negatives of every rank. A plain `all_gather` cuts the graph, so the
+gradient of a rank's features would only see its own loss; `all_gather_with_grad` sends the
+gradient back (summed over ranks), which is what makes a 2-rank run equal a 1-rank run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ''):
+            try:
+                return int(value)
+            except ValueError as error:
+                raise ValueError(f'{name} must be an integer, not {value!r}') from error
+    return default
+
+
+def world_info() -> WorldInfo:
+    """Rank, world size and local rank: the process group if one is up, else torchrun or SLURM env.
+
+    torchrun's variables win over SLURM's: under `srun torchrun`, SLURM describes the node
+    tasks while torchrun describes the worker processes.
+    """
+    if dist.is_available() and dist.is_initialized():
+        local = _env_int('LOCAL_RANK', 'SLURM_LOCALID', default=0)
+        return WorldInfo(dist.get_rank(), dist.get_world_size(), local)
+    rank = _env_int('RANK', 'SLURM_PROCID', default=0)
+    world_size = _env_int('WORLD_SIZE', 'SLURM_NTASKS', default=1)
+    local_rank = _env_int('LOCAL_RANK', 'SLURM_LOCALID', default=0)
+    if not 0 <= rank < world_size:
+        raise ValueError(f'rank must be in [0, world_size={world_size}), not {rank}')
+    return WorldInfo(rank, world_size, local_rank)
+
+
+def is_distributed() -> bool:
+    """Whether collectives are needed (a process group with more than one rank)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def _all_gather_padded(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All-gather along dim 0 when ranks hold different row counts (pad, gather, strip)."""
+    longest = max(sizes)
+    padded = tensor
+    if tensor.shape[0] < longest:
+        pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        padded = torch.cat([tensor, pad])
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: concatenate every rank's rows. Backward: sum the gradients over ranks, keep ours.
+
+    The sum is an all-reduce rather than a reduce-scatter because gloo has no reduce-scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        sizes = _gather_sizes(tensor.shape[0], tensor.device)
+        rank = dist.get_rank()
+        ctx.start = sum(sizes[:rank])
+        ctx.stop = ctx.start + sizes[rank]
+        return _all_gather_padded(tensor, sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.stop]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` over ranks along dim 0, keeping the autograd graph to every rank's rows.
+
+    Every rank must call it (it is a collective). Ranks may hold different row counts.
+    Without a multi-rank process group it returns the input unchanged.
+    """
+    if not is_distributed():
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` (labels, masks) over ranks along dim 0; no gradient."""
+    if not is_distributed():
+        return tensor
+    with torch.no_grad():
+        flag = tensor.dtype == torch.bool
+        work = tensor.to(torch.uint8) if flag else tensor
+        sizes = _gather_sizes(work.shape[0], work.device)
+        out = _all_gather_padded(work, sizes)
+    return out.bool() if flag else out

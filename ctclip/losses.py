@@ -1,0 +1,360 @@
+"""Every training objective, each a config switch with a weight (docs/objective.md has the math).
+
+`create_loss(cfg)` builds a `CombinedLoss`; calling it on the model outputs and the batch returns
+`{'loss': weighted total, <term>: unweighted value, ...}`. The contrastive terms gather the
+features of every rank with autograd themselves, so the engine never needs to know about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ctclip.distributed import all_gather_no_grad, all_gather_with_grad, is_distributed
+
+_logger = logging.getLogger(__name__)
+
+UNCERTAIN_MODES = ('ignore', 'positive', 'negative')
+KL_DIRECTIONS = ('report_to_image', 'image_to_report')
+_EPS = 1e-8
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _zero_like_graph(*tensors: torch.Tensor) -> torch.Tensor:
+    """A zero that stays attached to the graph, so every rank runs the same backward."""
+    return sum(t.sum() * 0.0 for t in tensors)
+
+
+def _rows(batch: dict[str, Any], key: str, n: int, device: torch.device) -> torch.Tensor:
+    value = batch.get(key)
+    if value is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return torch.as_tensor(value, device=device).bool()
+
+
+def _paired(batch: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
+    if batch.get('paired') is not None:
+        return torch.as_tensor(batch['paired'], device=device).bool()
+    return _rows(batch, 'has_image', n, device) & _rows(batch, 'has_text', n, device)
+
+
+def masked_bce(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    row_mask: torch.Tensor | None = None,
+    uncertain: str = 'ignore',
+    row_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """BCE over known labels only. Targets: 1/0, probabilities in [0, 1], or -1 (uncertain/unknown).
+
+    `uncertain='positive'|'negative'` maps -1 to 1|0 instead, except in rows that are -1 everywhere
+    (no labels at all), which stay masked. The mean is over the entries that count.
+    """
+    targets = targets.to(logits.device).float()
+    unknown = targets < 0
+    if uncertain == 'ignore':
+        valid = ~unknown
+    else:
+        fill = 1.0 if uncertain == 'positive' else 0.0
+        targets = torch.where(unknown, torch.full_like(targets, fill), targets)
+        valid = (~unknown.all(dim=1, keepdim=True)).expand_as(targets)
+    if row_mask is not None:
+        valid = valid & row_mask.to(valid.device)[:, None]
+    count = valid.sum()
+    if count == 0:
+        return _zero_like_graph(logits)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.clamp(0, 1), reduction='none')
+    weights = valid.float()
+    if row_weight is not None:
+        weights = weights * row_weight.to(weights)[:, None]
+    return (loss * weights).sum() / count
+
+
+def soft_jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[Na, C] x [Nb, C] label vectors in [0, 1] -> [Na, Nb] overlap; two empty sets overlap fully."""
+    inter = torch.minimum(a[:, None, :], b[None, :, :]).sum(-1)
+    union = torch.maximum(a[:, None, :], b[None, :, :]).sum(-1)
+    return torch.where(union > 0, inter / union.clamp(min=_EPS), torch.ones_like(union))
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows with any target mass of -sum(t * log_softmax), targets normalised per row."""
+    mass = targets.sum(1)
+    keep = mass > 0
+    if not keep.any():
+        return _zero_like_graph(logits)
+    probs = targets[keep] / mass[keep, None]
+    return -(probs * F.log_softmax(logits[keep], dim=1)).sum(1).mean()
+
+
+# ---- terms -------------------------------------------------------------------------------------
+@dataclass
+class BCELoss:
+    """Masked BCE of the classifier: image_logits vs image_labels (pseudo-labels allowed), and
+    with `text=True` also text_logits vs text_labels (logged as `bce_text`)."""
+
+    weight: float = 1.0
+    uncertain: str = 'ignore'
+    pseudo_weight: float = 1.0
+    text: bool = False
+    name = 'bce'
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        logits = outputs['image_logits']
+        n, device = logits.shape[0], logits.device
+        row_weight = None
+        if batch.get('image_labels_are_pseudo') is not None and self.pseudo_weight != 1.0:
+            pseudo = torch.as_tensor(batch['image_labels_are_pseudo'], device=device).bool()
+            row_weight = torch.where(pseudo, self.pseudo_weight, 1.0).float()
+        has_image = _rows(batch, 'has_image', n, device)
+        out = {
+            'bce': masked_bce(logits, batch['image_labels'], has_image, self.uncertain, row_weight)
+        }
+        if self.text:
+            has_text = _rows(batch, 'has_text', n, device)
+            out['bce_text'] = masked_bce(
+                outputs['text_logits'], batch['text_labels'], has_text, self.uncertain
+            )
+        return out
+
+
+@dataclass
+class TextBCELoss:
+    """Masked BCE of text_logits for reports (by default only those without their image)."""
+
+    weight: float = 1.0
+    uncertain: str = 'ignore'
+    unpaired_only: bool = True
+    name = 'text_bce'
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        logits = outputs['text_logits']
+        n, device = logits.shape[0], logits.device
+        rows = _rows(batch, 'has_text', n, device)
+        if self.unpaired_only:
+            rows = rows & ~_paired(batch, n, device)
+        return {'text_bce': masked_bce(logits, batch['text_labels'], rows, self.uncertain)}
+
+
+class _Gathered:
+    """Features, labels and masks of the global batch (every rank's rows, this rank's graph)."""
+
+    def __init__(self, outputs: dict, batch: dict, with_labels: bool = False) -> None:
+        image, text = outputs['image_features'].float(), outputs['text_features'].float()
+        n, device = image.shape[0], image.device
+        self.image = all_gather_with_grad(image)
+        self.text = all_gather_with_grad(text)
+        self.paired = all_gather_no_grad(_paired(batch, n, device))
+        self.has_image = all_gather_no_grad(_rows(batch, 'has_image', n, device))
+        self.has_text = all_gather_no_grad(_rows(batch, 'has_text', n, device))
+        if with_labels:
+            self.image_labels = all_gather_no_grad(
+                torch.as_tensor(batch['image_labels'], device=device).float()
+            )
+            self.text_labels = all_gather_no_grad(
+                torch.as_tensor(batch['text_labels'], device=device).float()
+            )
+        self.local = (image, text)
+
+
+@dataclass
+class ClipLoss:
+    """Symmetric InfoNCE over the paired rows of the global batch (open_clip's ClipLoss, gathered)."""
+
+    weight: float = 1.0
+    name = 'clip'
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        g = _Gathered(outputs, batch)
+        index = g.paired.nonzero(as_tuple=True)[0]
+        if index.numel() == 0:
+            return {'clip': _zero_like_graph(*g.local, outputs['logit_scale'])}
+        logits = outputs['logit_scale'].float() * g.image[index] @ g.text[index].T
+        labels = torch.arange(index.numel(), device=logits.device)
+        return {'clip': (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2}
+
+
+@dataclass
+class MultiPositiveLoss:
+    """InfoNCE with soft targets: image i and report j are positives in proportion to the overlap
+    of their findings (soft Jaccard), so two studies with the same findings are not pushed apart.
+    Every image with labels (pseudo-labels for unpaired images) and every report takes part."""
+
+    weight: float = 1.0
+    paired_diagonal: bool = True
+    name = 'multi_positive'
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        g = _Gathered(outputs, batch, with_labels=True)
+        queries = g.has_image & ~(g.image_labels < 0).all(1)
+        keys = g.has_text & ~(g.text_labels < 0).all(1)
+        qi, ki = queries.nonzero(as_tuple=True)[0], keys.nonzero(as_tuple=True)[0]
+        if qi.numel() == 0 or ki.numel() == 0:
+            return {'multi_positive': _zero_like_graph(*g.local, outputs['logit_scale'])}
+        targets = soft_jaccard(g.image_labels[qi].clamp(min=0), g.text_labels[ki].clamp(min=0))
+        if self.paired_diagonal:
+            same = (qi[:, None] == ki[None, :]) & g.paired[qi][:, None]
+            targets = torch.where(same, torch.ones_like(targets), targets)
+        logits = outputs['logit_scale'].float() * g.image[qi] @ g.text[ki].T
+        loss = (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.T, targets.T)) / 2
+        return {'multi_positive': loss}
+
+
+def prototype_assignment(
+    features: torch.Tensor, prototypes: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Soft assignment of [..., E] features to K prototypes: softmax over K of cosine / temperature."""
+    return torch.softmax(features.float() @ prototypes.float().T / temperature, dim=-1)
+
+
+@dataclass
+class EvidenceLoss:
+    """LGDEA evidence alignment: image tokens and report evidence are softly assigned to K learnable
+    prototypes; the image's mean assignment is pulled to the report's (the teacher, stop-grad) by
+    KL; `entropy_weight` adds log K - H(mean prototype usage) against collapse."""
+
+    weight: float = 1.0
+    temperature: float = 0.1
+    entropy_weight: float = 0.1
+    kl_direction: str = 'report_to_image'
+    name = 'evidence'
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        tokens, evidence = outputs['image_tokens'], outputs['evidence_features']
+        prototypes = outputs['prototypes']
+        n, device = tokens.shape[0], tokens.device
+        ev_mask = torch.as_tensor(batch['evidence_mask'], device=device).bool()
+        img_assign = prototype_assignment(tokens, prototypes, self.temperature)  # [B, N, K]
+        ev_assign = prototype_assignment(evidence, prototypes, self.temperature)  # [B, M, K]
+        weights = ev_mask.float()[..., None]
+        report = (ev_assign * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        image = img_assign.mean(1)
+        rows = _rows(batch, 'has_image', n, device) & _paired(batch, n, device) & ev_mask.any(1)
+        out = {'evidence': self._kl(image[rows], report[rows].detach(), tokens, evidence)}
+        if self.entropy_weight > 0:
+            has_image = _rows(batch, 'has_image', n, device)
+            used = torch.cat(
+                [img_assign[has_image].reshape(-1, img_assign.shape[-1]), ev_assign[ev_mask]]
+            )
+            out['evidence_entropy'] = self._entropy_gap(used, tokens)
+        return out
+
+    def _kl(self, image: torch.Tensor, report: torch.Tensor, *graph: torch.Tensor) -> torch.Tensor:
+        if image.shape[0] == 0:
+            return _zero_like_graph(*graph)
+        log_i, log_r = torch.log(image + _EPS), torch.log(report + _EPS)
+        if self.kl_direction == 'report_to_image':
+            return (report * (log_r - log_i)).sum(1).mean()
+        return (image * (log_i - log_r)).sum(1).mean()
+
+    @staticmethod
+    def _entropy_gap(assignments: torch.Tensor, *graph: torch.Tensor) -> torch.Tensor:
+        """log K - H(mean assignment): 0 when prototypes are used uniformly, log K when one wins all."""
+        if assignments.shape[0] == 0:
+            return _zero_like_graph(*graph)
+        usage = assignments.mean(0)
+        entropy = -(usage * torch.log(usage + _EPS)).sum()
+        return math.log(assignments.shape[-1]) - entropy
+
+
+TERMS = {
+    'bce': BCELoss,
+    'clip': ClipLoss,
+    'multi_positive': MultiPositiveLoss,
+    'evidence': EvidenceLoss,
+    'text_bce': TextBCELoss,
+}
+# Sub-terms that a term returns beside its own key, and the weight field that scales each.
+_SUBTERM_WEIGHTS = {'bce_text': 'weight', 'evidence_entropy': 'entropy_weight'}
+
+
+def _check_term(term: Any) -> Any:
+    if getattr(term, 'uncertain', 'ignore') not in UNCERTAIN_MODES:
+        raise ValueError(
+            f"loss.{term.name}.uncertain must be one of {list(UNCERTAIN_MODES)}, not '{term.uncertain}'"
+        )
+    if getattr(term, 'kl_direction', KL_DIRECTIONS[0]) not in KL_DIRECTIONS:
+        raise ValueError(
+            f"loss.{term.name}.kl_direction must be one of {list(KL_DIRECTIONS)}, not '{term.kl_direction}'"
+        )
+    if getattr(term, 'temperature', 1.0) <= 0:
+        raise ValueError(f'loss.{term.name}.temperature must be > 0, not {term.temperature}')
+    if term.weight < 0:
+        raise ValueError(f'loss.{term.name}.weight must be >= 0, not {term.weight}')
+    return term
+
+
+def build_term(name: str, spec: Any) -> Any:
+    """One term from `weight` (a number) or a dict of its fields (`enabled: false` drops it)."""
+    if name not in TERMS:
+        raise ValueError(f"Unknown loss term '{name}'. Valid: {sorted(TERMS)}")
+    cls = TERMS[name]
+    spec = (
+        {'weight': spec}
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool)
+        else dict(spec or {})
+    )
+    spec.pop('enabled', None)
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(spec) - valid)
+    if unknown:
+        raise ValueError(f'loss.{name} keys {unknown} are not valid. Valid: {sorted(valid)}')
+    return _check_term(cls(**spec))
+
+
+class CombinedLoss:
+    """The weighted sum of the active terms; returns the total and every unweighted value."""
+
+    def __init__(self, terms: list[Any], rank: int = 0, world_size: int = 1) -> None:
+        if not terms:
+            raise ValueError(f'the loss needs at least one active term. Valid: {sorted(TERMS)}')
+        self.terms = terms
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def names(self) -> list[str]:
+        return [term.name for term in self.terms]
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        if self.world_size > 1 and not is_distributed():
+            raise RuntimeError(
+                f'loss built for world_size={self.world_size} but no process group is initialised'
+            )
+        values: dict[str, torch.Tensor] = {}
+        total = None
+        for term in self.terms:
+            for key, value in term(outputs, batch).items():
+                weight = getattr(term, _SUBTERM_WEIGHTS.get(key, 'weight'))
+                values[key] = value
+                total = value * weight if total is None else total + value * weight
+        return {'loss': total, **values}
+
+    def __repr__(self) -> str:
+        return f'CombinedLoss({", ".join(f"{t.name}={t.weight}" for t in self.terms)})'
+
+
+def create_loss(cfg: dict[str, Any] | None, rank: int = 0, world_size: int = 1) -> CombinedLoss:
+    """Build the loss from a config such as `{'bce': 1.0, 'clip': {'weight': 1.0}}`.
+
+    Terms with weight 0 or `enabled: false` are skipped. Valid terms: bce, clip, multi_positive,
+    evidence, text_bce (see docs/objective.md).
+
+    Example:
+        >>> loss = create_loss({'clip': 1.0, 'evidence': {'weight': 0.5, 'temperature': 0.1}})
+        >>> values = loss(model(**batch_inputs), batch)  # values['loss'].backward()
+    """
+    cfg = dict(cfg or {})
+    terms = []
+    for name, spec in cfg.items():
+        if isinstance(spec, dict) and spec.get('enabled') is False:
+            build_term(name, spec)  # still validated
+            continue
+        term = build_term(name, spec)
+        if term.weight > 0 or getattr(term, 'entropy_weight', 0) > 0:
+            terms.append(term)
+    return CombinedLoss(terms, rank=rank, world_size=world_size)

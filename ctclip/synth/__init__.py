@@ -1,0 +1,11 @@
+"""Synthetic chest-CT cohorts with reports, in CT-RATE or RAD-ChestCT layout.
+
+`generate_cohort(out, n, seed, layout, small, workers)` is the one entry point; `ctclip synth`
+calls it. See docs/synthetic-cohort.md for the layout, the conventions and the truth file.
+"""
+
+from __future__ import annotations
+
+from ctclip.synth.cohort import LAYOUTS, generate_cohort, plan_cohort
+
+__all__ = ['LAYOUTS', 'generate_cohort', 'plan_cohort']

@@ -1,0 +1,213 @@
+"""The cohort: patients, scans and reconstructions, split by patient, generated in parallel.
+
+Each finished scan leaves a small JSON part file (its CSV rows and truth lines) under
+`.synth/parts/`; the tables are assembled from those at the end. A rerun with the same settings
+skips finished scans, so an interrupted job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ctclip.synth import layouts, radchestct
+from ctclip.synth.scan import ScanPlan, ScanTask, plan_scan, render_recon, stream
+from llm_labeling.schema import FINDINGS
+
+_logger = logging.getLogger(__name__)
+
+LAYOUTS = ('ct-rate', 'rad-chestct')
+FORMAT_VERSION = 1
+VALID_FRACTION = 0.2
+SECOND_SCAN = 0.2
+RECON_COUNTS = ((1, 0.55), (2, 0.40), (3, 0.05))
+
+
+def plan_cohort(n: int, seed: int, layout: str = 'ct-rate', small: bool = False) -> list[ScanTask]:
+    """Patients (about 20% with two scans), a patient-level 80/20 split, 1-3 recons per scan."""
+    rng = stream(seed, 0)
+    per_patient = []
+    while sum(per_patient) < n:
+        per_patient.append(2 if (rng.random() < SECOND_SCAN and sum(per_patient) + 2 <= n) else 1)
+    n_pat = len(per_patient)
+    n_valid = max(1, int(round(VALID_FRACTION * n_pat))) if n_pat > 1 else 0
+    valid = set(rng.choice(n_pat, size=n_valid, replace=False).tolist()) if n_valid else set()
+    counts, probs = zip(*RECON_COUNTS)
+    tasks, next_pid = [], {'train': 1, 'valid': 1}
+    rad_ids = rng.choice(90000, size=n, replace=False) + 10000
+    for p, n_scans in enumerate(per_patient):
+        split = 'valid' if p in valid else 'train'
+        pid, next_pid[split] = next_pid[split], next_pid[split] + 1
+        for s in range(n_scans):
+            k = int(rng.choice(counts, p=probs)) if layout == 'ct-rate' else 1
+            tasks.append(ScanTask(seed, p, s, split, pid, k, small, layout))
+    if layout == 'rad-chestct':
+        _assign_rad_ids(tasks, rad_ids, rng)
+    return tasks
+
+
+def _assign_rad_ids(tasks: list[ScanTask], ids: np.ndarray, rng: np.random.Generator) -> None:
+    """RAD-ChestCT splits: trn / val / tst by patient, about 63 / 27 / 10 like the public subset."""
+    patients = sorted({t.patient_no for t in tasks})
+    draw = rng.random(len(patients))
+    prefix = {p: 'trn' if u < 0.63 else ('val' if u < 0.9 else 'tst') for p, u in zip(patients, draw)}
+    for t, i in zip(tasks, ids):
+        t.rad_id = f'{prefix[t.patient_no]}{int(i):05d}'
+
+
+def generate_cohort(
+    out: Path,
+    n: int,
+    seed: int = 0,
+    layout: str = 'ct-rate',
+    small: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic cohort of `n` scans under `out` and return the cohort root (`out`).
+
+    Args:
+        out: output folder (created; a finished run with the same settings is resumed, not redone).
+        n: number of scans (= reports); CT-RATE scans have 1-3 reconstructions each.
+        seed: everything is a deterministic function of the seed.
+        layout: 'ct-rate' (NIfTI v1 + v2, CSVs) or 'rad-chestct' (.npz + label tables).
+        small: coarse grids (128-160 px, 4-6 mm slices) for tests and the demo.
+        workers: processes; the output does not depend on it.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {LAYOUTS}, not {layout!r}')
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f'n must be a positive number of scans, not {n!r}')
+    if workers < 1:
+        raise ValueError(f'workers must be >= 1, not {workers!r}')
+    out = Path(out)
+    settings = dict(n=int(n), seed=int(seed), layout=layout, small=bool(small), format_version=FORMAT_VERSION)
+    parts = _prepare(out, settings)
+    tasks = plan_cohort(int(n), int(seed), layout, bool(small))
+    todo = [t for t in tasks if not (parts / f'{t.scan_name}.json').is_file()]
+    _logger.info('synth: %d scans (%d to do) in %s', len(tasks), len(todo), out)
+    jobs = [(t, str(out)) for t in todo]
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc='synth scans', disable=not progress)
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            _run_job(job)
+            bar.update()
+    else:
+        ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+        with ctx.Pool(workers) as pool:
+            for _ in pool.imap_unordered(_run_job, jobs):
+                bar.update()
+    bar.close()
+    records = [json.loads((parts / f'{t.scan_name}.json').read_text()) for t in tasks]
+    if layout == 'ct-rate':
+        _assemble_ctrate(out, records)
+    else:
+        radchestct.assemble(out, records, small)
+    _write_truth(out, records)
+    return out
+
+
+def _prepare(out: Path, settings: dict) -> Path:
+    """Create the output folder; refuse to mix two different cohorts in one folder."""
+    state = out / '.synth'
+    parts = state / 'parts'
+    stamp = state / 'settings.json'
+    if stamp.is_file():
+        old = json.loads(stamp.read_text())
+        if old != settings:
+            raise ValueError(f'{out} holds a cohort made with {old}, not {settings}; use another --out')
+    parts.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        with layouts.atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps(settings))
+    return parts
+
+
+def _run_job(job: tuple[ScanTask, str]) -> None:
+    task, out = job
+    record = build_scan(task, Path(out))
+    path = Path(out) / '.synth' / 'parts' / f'{task.scan_name}.json'
+    with layouts.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record))
+
+
+def build_scan(task: ScanTask, out: Path) -> dict:
+    """Render and write every reconstruction of one scan; return its table rows and truth."""
+    plan = plan_scan(task)
+    names = task.volume_names()
+    record = dict(scan=task.scan_name, split=task.split, volumes=[], truth=[], metadata=[], reports=[], labels=[])
+    present = set(plan.findings)
+    for r, name in enumerate(names):
+        hu, masks, outside = render_recon(plan, r)
+        recon = plan.recons[r]
+        hu = np.clip(np.rint(hu), -1024, 3071)
+        if task.layout == 'ct-rate':
+            hu[outside] = plan.scanner['intercept']  # padding: stored value 0
+            layouts.write_ctrate_volume(out, name, hu.astype(np.int16), recon['grid'].spacing_zyx,
+                                        recon['ipp_xyz'], plan.scanner['intercept'])
+            record['metadata'].append(layouts.metadata_row(name, plan.scanner, recon))
+            record['reports'].append({'VolumeName': name, **plan.report})
+        else:
+            hu[outside] = -1000
+            layouts.write_npz(radchestct.volume_path(out, name), hu)
+            record['reports'].append({'NoteAcc_DEID': name, 'VolumeName': name, **plan.report})
+        record['labels'].append(layouts.label_row(name, present))
+        record['truth'].append(truth_line(plan, r, name, masks))
+    return record
+
+
+def truth_line(plan: ScanPlan, r: int, name: str, masks: dict[str, np.ndarray]) -> dict:
+    """Where each present finding was rendered, in voxel (z, y, x) of the written HU volume."""
+    t, grid = plan.task, plan.recons[r]['grid']
+    items = []
+    for fname in FINDINGS:
+        f = plan.findings.get(fname)
+        if f is None:
+            continue
+        mask = masks.get(fname)
+        idx = np.nonzero(mask) if mask is not None else (np.array([]),) * 3
+        if idx[0].size == 0:
+            _logger.warning('%s: %s covers no voxel of %s', t.scan_name, fname, name)
+        bbox = [[int(i.min()) for i in idx], [int(i.max()) + 1 for i in idx]] if idx[0].size else None
+        centre = [round(float(i.mean()), 2) for i in idx] if idx[0].size else None
+        instances = [dict(centre_zyx=[round(float(v), 2) for v in grid.to_index(p['centre'])],
+                          **({'size_mm': round(p['diameter'], 1)} if 'diameter' in p else {}))
+                     for p in f.parts if 'centre' in p]
+        items.append(dict(finding=fname, certainty='certain' if f.certain else 'uncertain', voxels=int(idx[0].size),
+                          centre_zyx=centre, bbox_zyx=bbox, instances=instances, description=_jsonable(f.desc)))
+    return dict(volume=name, patient=f'{t.split}_{t.pid}', scan=t.scan_name, split=t.split,
+                shape_zyx=list(grid.shape_zyx), spacing_zyx=[round(s, 6) for s in grid.spacing_zyx],
+                findings=items, incidental=plan.incidental)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _assemble_ctrate(out: Path, records: list[dict]) -> None:
+    ds = out / 'dataset'
+    for split, long in (('train', 'train'), ('valid', 'validation')):
+        mine = [r for r in records if r['split'] == split]
+        rows = lambda key: [row for r in mine for row in r[key]]  # noqa: E731
+        layouts.write_csv(ds / 'metadata' / f'{long}_metadata.csv', layouts.METADATA_COLUMNS, rows('metadata'))
+        layouts.write_csv(ds / 'radiology_text_reports' / f'{long}_reports.csv', layouts.REPORT_COLUMNS, rows('reports'))
+        layouts.write_csv(ds / 'multi_abnormality_labels' / f'{split}_predicted_labels.csv',
+                          ('VolumeName', *FINDINGS), rows('labels'))
+
+
+def _write_truth(out: Path, records: list[dict]) -> None:
+    with layouts.atomic_path(out / 'truth.jsonl') as tmp, tmp.open('w') as f:
+        for r in records:
+            for line in r['truth']:
+                f.write(json.dumps(line) + '\n')

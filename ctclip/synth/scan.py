@@ -1,0 +1,153 @@
+"""One scan end to end: patient, findings, report, and each reconstruction rendered and written.
+
+Randomness is drawn from streams keyed by (seed, patient, scan, purpose), so a scan comes out the
+same whatever the worker count or the order of work, and a finding's absence does not shift the
+random numbers of anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ctclip.synth.anatomy import Anatomy, sample_anatomy
+from ctclip.synth.findings import Finding, FindingSampler
+from ctclip.synth.geometry import Grid
+from ctclip.synth.layouts import SCANNERS
+from ctclip.synth.lungs import PlacementMap, grow_tree
+from ctclip.synth.prevalence import sample_presence
+from ctclip.synth.render import Scene, render
+from ctclip.synth.reports import INCIDENTAL, write_report
+from llm_labeling.schema import FINDINGS
+
+PURPOSES = {'patient': 1, 'presence': 2, 'place': 3, 'report': 4, 'recon': 5, 'texture': 6, 'scanner': 7}
+
+
+def stream(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
+@dataclass
+class ScanTask:
+    """Identity of one scan in the cohort plan."""
+
+    seed: int
+    patient_no: int
+    scan_no: int
+    split: str
+    pid: int
+    n_recons: int
+    small: bool
+    layout: str = 'ct-rate'
+    rad_id: str = ''
+
+    @property
+    def scan_name(self) -> str:
+        return f'{self.split}_{self.pid}_{"abcdefgh"[self.scan_no]}'
+
+    def volume_names(self) -> list[str]:
+        if self.layout == 'rad-chestct':
+            return [self.rad_id]
+        return [f'{self.scan_name}_{r + 1}.nii.gz' for r in range(self.n_recons)]
+
+
+@dataclass
+class ScanPlan:
+    task: ScanTask
+    sex: str
+    age: int
+    anat: Anatomy
+    tree: list
+    findings: dict[str, Finding]
+    incidental: list[str]
+    report: dict[str, str]
+    scanner: dict
+    recons: list[dict] = field(default_factory=list)
+
+    @property
+    def scene(self) -> Scene:
+        return Scene(self.anat, self.findings, self.tree)
+
+
+def plan_scan(task: ScanTask) -> ScanPlan:
+    """Everything about a scan except its voxels."""
+    prng = stream(task.seed, PURPOSES['patient'], task.patient_no)
+    sex = 'M' if prng.random() < 0.55 else 'F'
+    age_factor = float(prng.standard_normal())
+    age = int(np.clip(round(56 + 14 * age_factor + prng.normal(0, 5)), 19, 92)) + 2 * task.scan_no
+    anat = sample_anatomy(prng, sex, age)
+    anat.fatty_liver = bool(prng.random() < 0.12)
+    present = sample_presence(stream(task.seed, PURPOSES['presence'], task.patient_no, task.scan_no), age_factor)
+    rng = stream(task.seed, PURPOSES['place'], task.patient_no, task.scan_no)
+    pmap = PlacementMap(anat)
+    tree = grow_tree(rng, pmap, -1) + grow_tree(rng, pmap, 1)
+    sampler = FindingSampler(rng, anat, pmap, tree)
+    findings = {}
+    for name in FINDINGS:  # fixed order, and a sub-stream per finding, for determinism
+        if name in present:
+            sampler.rng = stream(task.seed, PURPOSES['place'], task.patient_no, task.scan_no, 100 + FINDINGS.index(name))
+            f = sampler.sample(name)
+            f.certain = bool(sampler.rng.random() > 0.12)
+            findings[name] = f
+    rrng = stream(task.seed, PURPOSES['report'], task.patient_no, task.scan_no)
+    incidental = [k for k in INCIDENTAL if k != 'hepatosteatosis' and rrng.random() < 0.06]
+    if anat.fatty_liver:
+        incidental.insert(0, 'hepatosteatosis')
+    scanner = _scanner(task, sex, age)
+    recons = _recons(task, anat, scanner)
+    report = write_report(findings, incidental, recons[0]['z'], rrng)
+    return ScanPlan(task, sex, age, anat, tree, findings, incidental, report, scanner, recons)
+
+
+def _scanner(task: ScanTask, sex: str, age: int) -> dict:
+    rng = stream(task.seed, PURPOSES['scanner'], task.patient_no, task.scan_no)
+    shares = np.array([s[3] for s in SCANNERS])
+    maker, model, intercept, _, kernels, z_off = SCANNERS[int(rng.choice(len(SCANNERS), p=shares / shares.sum()))]
+    year, month, day = int(rng.integers(2019, 2023)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    return dict(manufacturer=maker, model=model, intercept=intercept, kernels=kernels, z_offset=z_off,
+                sex=sex, age=age, table_height=float(rng.uniform(70, 190)), current=int(rng.integers(120, 440)),
+                ctdi=float(rng.uniform(4, 14)), date=f'{year}{month:02d}{day:02d}',
+                shift=rng.uniform([-8, -25, -30], [8, 25, 30]))
+
+
+def _recons(task: ScanTask, anat: Anatomy, scanner: dict) -> list[dict]:
+    """Grids of the reconstructions: same field of view, different pixel size, slices and kernel."""
+    rng = stream(task.seed, PURPOSES['recon'], task.patient_no, task.scan_no)
+    fov = float(np.clip(2 * anat.half_width + rng.uniform(30, 70), 320, 440))
+    z0, z1 = anat.z_range
+    out = []
+    for r in range(task.n_recons):
+        if task.layout == 'rad-chestct':
+            xy = z = 3.0 if task.small else 0.8
+            rows = int(round(fov / xy))
+        elif task.small:
+            rows = int(rng.choice([128, 144, 160]))
+            xy, z = fov / rows, float(rng.choice([4.0, 5.0, 6.0]))
+        else:
+            rows = 512
+            xy, z = fov / rows, float(rng.choice([1.0, 1.25, 1.5, 2.0, 3.0, 5.0] if r else [1.0, 1.5, 2.0]))
+        slices = int(np.floor((z1 - z0) / z)) + 1
+        lung_kernel = r % 2 == 0
+        origin = (z0, -fov / 2 + scanner['shift'][1] * 0.2 + 15.0, -fov / 2 + scanner['shift'][0] * 0.2)
+        grid = Grid((slices, rows, rows), (z, xy, xy), origin)
+        world = np.array(origin[::-1]) + scanner['shift'] + np.array([0.0, 0.0, scanner['z_offset']])
+        out.append(dict(grid=grid, xy=xy, z=z, rows=rows, slices=slices, fov=fov,
+                        kernel=scanner['kernels'][0 if lung_kernel else 1],
+                        series=f'Thorax {z:g} {"lung" if lung_kernel else "mediastinum"}',
+                        noise=float(rng.uniform(22, 32) if lung_kernel else rng.uniform(9, 15)),
+                        ipp_xyz=[float(v) for v in world]))
+    return out
+
+
+def render_recon(plan: ScanPlan, r: int, omit: frozenset = frozenset()):
+    """HU volume (zyx) of reconstruction `r`, the per-finding voxel masks, and the padding mask."""
+    recon = plan.recons[r]
+    rng = stream(plan.task.seed, PURPOSES['texture'], plan.task.patient_no, plan.task.scan_no, r)
+    hu, records = render(plan.scene, recon['grid'], rng, recon['noise'], omit)
+    grid = recon['grid']
+    _, y, x = grid.axes()
+    cy = grid.origin_zyx[1] + grid.spacing_zyx[1] * (grid.shape_zyx[1] - 1) / 2
+    cx = grid.origin_zyx[2] + grid.spacing_zyx[2] * (grid.shape_zyx[2] - 1) / 2
+    outside = ((y - cy) ** 2 + (x - cx) ** 2) > (recon['fov'] / 2) ** 2
+    return hu, records, np.broadcast_to(outside, hu.shape)

@@ -1,0 +1,151 @@
+"""DeepSpeed checkpoints for exact resume, signal-triggered saves, and the consolidated export.
+
+A checkpoint holds DeepSpeed's own state (module, optimizer, scheduler, ZeRO shards) plus the
+step and the settings that fix the data order; everything random in a run is a function of
+(seed, step), so restoring the step restores the data order, crops, pairing and dropout too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+_logger = logging.getLogger(__name__)
+
+LATEST = 'latest'
+TAG_PREFIX = 'step_'
+# Settings that must not change across a resume: they define which samples each step sees.
+ORDER_KEYS = ('seed', 'global_batch', 'train_size', 'total_steps')
+
+
+def latest_tag(ckpt_dir: str | Path) -> str | None:
+    """The tag named by `checkpoints/latest` when it exists and its folder is complete."""
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    return tag if tag and (Path(ckpt_dir) / tag).is_dir() else None
+
+
+def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, order: dict, keep: int = 2) -> Path:
+    """Collective: every rank writes its shards; `latest` moves only after all of them finished."""
+    tag = f'{TAG_PREFIX}{step:08d}'
+    client_state = {'step': step, 'order': order}
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    if dist.is_initialized():
+        dist.barrier()
+    if engine.global_rank == 0:
+        tmp = ckpt_dir / f'.{LATEST}.tmp{os.getpid()}'
+        tmp.write_text(tag)
+        os.replace(tmp, ckpt_dir / LATEST)
+        _prune(ckpt_dir, keep, tag)
+    if dist.is_initialized():
+        dist.barrier()
+    _logger.info('Saved checkpoint %s at step %d', ckpt_dir / tag, step)
+    return ckpt_dir / tag
+
+
+def _prune(ckpt_dir: Path, keep: int, current: str) -> None:
+    if keep <= 0:
+        return
+    tags = sorted(p for p in ckpt_dir.glob(f'{TAG_PREFIX}*') if p.is_dir())
+    for old in tags[:-keep]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(engine: Any, ckpt_dir: Path, order: dict) -> int:
+    """Restore the latest checkpoint into `engine`; returns its step (0 when there is none)."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return 0
+    path, client_state = engine.load_checkpoint(
+        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None:
+        raise RuntimeError(f'DeepSpeed could not load checkpoint {ckpt_dir / tag}')
+    saved = (client_state or {}).get('order', {})
+    changed = {k: (saved.get(k), order.get(k)) for k in ORDER_KEYS if k in saved and saved.get(k) != order.get(k)}
+    if changed:
+        raise ValueError(
+            f'Cannot resume {ckpt_dir / tag} exactly: settings that fix the data order changed '
+            f'(saved, now): {changed}. Use a new train.output_dir or restore the settings.'
+        )
+    step = int(client_state['step'])
+    _logger.info('Resumed from %s at step %d', ckpt_dir / tag, step)
+    return step
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGUSR1 so the loop can checkpoint and exit at the next step boundary.
+
+    Ranks may receive the signal at different moments (or only one of them may), so the decision
+    is all-reduced: every rank stops after the same step.
+    """
+
+    SIGNALS = ('SIGTERM', 'SIGUSR1')
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopSignal:
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.received = signal.Signals(number).name
+        _logger.warning('Received %s: will checkpoint and exit after this step', self.received)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def should_stop(self) -> bool:
+        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def export_model(engine: Any, module: Any, out_dir: Path, scalar_names: tuple[str, ...] = ()) -> Path:
+    """Write one consolidated `save_pretrained` folder, gathering ZeRO-3 shards first.
+
+    Written to a temporary folder next to `out_dir` and renamed, so a killed export never
+    leaves a half-written model behind.
+    """
+    rank = engine.global_rank
+    tmp = out_dir.with_name(f'.{out_dir.name}.tmp')
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                _save(module, tmp, out_dir, scalar_names)
+    elif rank == 0:
+        _save(module, tmp, out_dir, scalar_names)
+    if dist.is_initialized():
+        dist.barrier()
+    return out_dir
+
+
+def _save(module: Any, tmp: Path, out_dir: Path, scalar_names: tuple[str, ...]) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    state = {k: v.detach().clone().reshape(()) if k in scalar_names else v.detach().clone()
+             for k, v in module.state_dict().items()}
+    module.save_pretrained(tmp, state_dict=state)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    _logger.info('Exported the model to %s', out_dir)

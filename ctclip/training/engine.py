@@ -1,0 +1,208 @@
+"""The DeepSpeed training engine shared by every stage.
+
+One loop serves stage 1 (supervised) and stage 2 (CLIP / evidence-aligned): the stage is the
+model, the loss terms and the data pairing named in the config. DeepSpeed owns the optimizer,
+ZeRO partitioning, gradient accumulation, clipping and precision; this module owns the data
+order, the schedule, checkpoint/resume, evaluation and logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctclip.config import configs_dir
+
+_logger = logging.getLogger(__name__)
+
+PRECISIONS = ('fp32', 'bf16', 'bf16-autocast')
+TEXT_TERMS = ('clip', 'multi_positive', 'evidence', 'text_bce')
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Start the process group (gloo on CPU, nccl on GPU) from torchrun, SLURM or nothing.
+
+    A lone process gets RANK=0/WORLD_SIZE=1 and a free local port, so DeepSpeed does not go
+    looking for MPI.
+    """
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault('DS_ACCELERATOR', 'cpu')
+    from ctclip.distributed import world_info
+
+    info = world_info()
+    os.environ.setdefault('RANK', str(info.rank))
+    os.environ.setdefault('WORLD_SIZE', str(info.world_size))
+    os.environ.setdefault('LOCAL_RANK', str(info.local_rank))
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    if 'MASTER_PORT' not in os.environ:
+        if info.world_size > 1:
+            raise RuntimeError('MASTER_PORT must be set for a multi-process run (torchrun sets it)')
+        os.environ['MASTER_PORT'] = str(_free_port())
+    if not dist.is_initialized():
+        import deepspeed
+
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+    return dist.get_rank(), dist.get_world_size(), info.local_rank
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def term_enabled(loss_cfg: Mapping, name: str) -> bool:
+    """A loss term is on when present with a positive weight (and not `enabled: false`)."""
+    value = loss_cfg.get(name)
+    if isinstance(value, Mapping):
+        return bool(value.get('enabled', True)) and float(value.get('weight', 1.0)) > 0
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, (int, float)) and value > 0
+
+
+def model_inputs(batch: Mapping, loss_cfg: Mapping, device: torch.device) -> dict[str, torch.Tensor]:
+    """Only the towers a stage's loss needs run (stage 1 never touches the text tower)."""
+    keys = ['image']
+    bce = loss_cfg.get('bce')
+    if any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or (isinstance(bce, Mapping) and bce.get('text')):
+        keys += ['input_ids', 'attention_mask']
+    if term_enabled(loss_cfg, 'evidence'):
+        keys += ['evidence_input_ids', 'evidence_attention_mask']
+    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+
+
+def to_device(batch: Mapping, device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def as_float(outputs: Mapping) -> dict[str, Any]:
+    """Losses run in fp32 even when the forward ran under bf16 autocast."""
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in outputs.items()}
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warm-up to the base rate, then cosine decay to `min_ratio` of it at `total`."""
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, the temperature and prototypes (1-D or scalar tensors)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{'params': decay, 'weight_decay': weight_decay}]
+    if no_decay:
+        groups.append({'params': no_decay, 'weight_decay': 0.0})
+    return groups
+
+
+def load_deepspeed_json(spec: Any) -> dict:
+    """A DeepSpeed JSON: a mapping, a path, or a name in configs/deepspeed/ (e.g. `zero2`)."""
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    path = Path(str(spec))
+    if not path.is_file():
+        name = path.name if path.suffix == '.json' else f'{path.name}.json'
+        path = configs_dir() / 'deepspeed' / name
+    if not path.is_file():
+        choices = sorted(p.stem for p in (configs_dir() / 'deepspeed').glob('*.json'))
+        raise FileNotFoundError(f'deepspeed.config must be a JSON file or one of {choices}, not {spec!r}')
+    return json.loads(path.read_text())
+
+
+def deepspeed_config(cfg: Mapping, world_size: int) -> dict:
+    """The DeepSpeed JSON with batch sizes, optimizer, clipping and precision filled from the run config."""
+    ds_cfg, optim, train = cfg['deepspeed'], cfg['optim'], cfg['train']
+    out = load_deepspeed_json(ds_cfg.get('config') or 'zero0')
+    micro, accum = int(cfg['data']['batch_size']), int(train['grad_accum'])
+    out['train_micro_batch_size_per_gpu'] = micro
+    out['gradient_accumulation_steps'] = accum
+    out['train_batch_size'] = micro * accum * world_size
+    if optim.get('grad_clip') is not None:
+        out['gradient_clipping'] = float(optim['grad_clip'])
+    out.setdefault('optimizer', {'type': 'AdamW', 'params': {}})
+    params = out['optimizer'].setdefault('params', {})
+    params.update(lr=float(optim['lr']), betas=list(optim['betas']), eps=float(optim['eps']),
+                  weight_decay=float(optim['weight_decay']))
+    if out['optimizer']['type'].lower() in ('adam', 'adamw'):
+        params.setdefault('torch_adam', True)  # DeepSpeed's CPU Adam compiles for ~40 s
+    if ds_cfg.get('zero_stage') is not None:
+        out.setdefault('zero_optimization', {})['stage'] = int(ds_cfg['zero_stage'])
+    precision = ds_cfg.get('precision', 'fp32')
+    if precision not in PRECISIONS:
+        raise ValueError(f'deepspeed.precision must be one of {PRECISIONS}, not {precision!r}')
+    if precision == 'bf16' and torch.cuda.is_available():
+        out['bf16'] = {'enabled': True}
+    elif precision != 'fp32':  # bf16 + BatchNorm fails on CPU; autocast works
+        out['torch_autocast'] = {'enabled': True, 'dtype': 'bfloat16'}
+    out.setdefault('steps_per_print', 10**9)
+    out.setdefault('wall_clock_breakdown', False)
+    return out
+
+
+def lift_scalar_parameters(model: torch.nn.Module, ds_json: Mapping) -> list[torch.nn.Parameter]:
+    """Give 0-dim parameters shape [1] while DeepSpeed initialises (its broadcast cannot view them).
+
+    DeepSpeed 0.19.8 broadcasts `p.data.view(torch.uint8)`, which fails for 0-dim tensors such as
+    a scalar temperature. ZeRO-3 keeps the lifted shape (it partitions at init); others get it back.
+    """
+    lifted = [p for p in model.parameters() if p.dim() == 0]
+    for p in lifted:
+        p.data = p.data.reshape(1)
+    stage = int(ds_json.get('zero_optimization', {}).get('stage', 0))
+    return [] if stage == 3 else lifted
+
+
+def restore_scalar_parameters(params: list[torch.nn.Parameter]) -> None:
+    for p in params:
+        p.data = p.data.reshape(())
+
+
+def uses_autocast(ds_json: Mapping) -> bool:
+    return bool(ds_json.get('torch_autocast', {}).get('enabled'))
+
+
+def reseed(seed: int, step: int, micro: int, rank: int) -> None:
+    """Dropout and other in-model randomness depend only on (seed, step, micro-batch, rank)."""
+    torch.manual_seed((seed * 1_000_003 + step * 1_009 + micro * 101 + rank) % (2**63 - 1))
+
+
+class StepTimer:
+    """Wall time spent waiting for data versus computing, for the log and the loader benchmark."""
+
+    def __init__(self) -> None:
+        self.data = self.compute = 0.0
+        self._mark = time.perf_counter()
+
+    def lap(self, kind: str) -> None:
+        now = time.perf_counter()
+        setattr(self, kind, getattr(self, kind) + now - self._mark)
+        self._mark = now
+
+    def pop(self) -> dict[str, float]:
+        out = {'time/data_s': self.data, 'time/compute_s': self.compute}
+        self.data = self.compute = 0.0
+        return out

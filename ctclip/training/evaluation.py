@@ -1,0 +1,125 @@
+"""Periodic validation during training: zero-shot and classifier-head AUROC on held-out patients.
+
+AUROC is computed here (rank statistic with tied ranks averaged) because ctclip must not import
+the downstream benchmarks package.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ctclip.data.dataset import collate
+from ctclip.data.sampling import shard
+from llm_labeling.schema import FINDINGS, ZERO_SHOT_TEMPLATES
+
+_logger = logging.getLogger(__name__)
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of binary labels (rows with label -1 are ignored); NaN if one class."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    keep = labels >= 0
+    labels, scores = labels[keep] > 0.5, scores[keep]
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float('nan')
+    order = np.argsort(scores, kind='mergesort')
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average the ranks of tied scores
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
+    """Unweighted mean over the classes that have both positives and negatives."""
+    per_class = [auroc(labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
+    valid = [v for v in per_class if not np.isnan(v)]
+    return (float(np.mean(valid)) if valid else float('nan')), per_class
+
+
+def _templates(name_or_pairs: Any) -> Any:
+    if isinstance(name_or_pairs, str):
+        if name_or_pairs not in ZERO_SHOT_TEMPLATES:
+            raise ValueError(f'train.zero_shot_templates must be one of {sorted(ZERO_SHOT_TEMPLATES)}, not {name_or_pairs!r}')
+        return ZERO_SHOT_TEMPLATES[name_or_pairs]
+    return name_or_pairs
+
+
+@torch.no_grad()
+def _embed(module: Any, dataset: Any, rows: Sequence[int], batch_size: int, autocast: bool) -> dict[str, np.ndarray]:
+    feats, logits, index = [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch = collate([dataset[int(i)] for i in rows[start : start + batch_size]])
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = module(image=batch['image'].to(_device(module)))
+        feats.append(out['image_features'].float().cpu().numpy())
+        if out.get('image_logits') is not None:
+            logits.append(out['image_logits'].float().cpu().numpy())
+        index.append(batch['index'].numpy())
+    return {
+        'features': np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
+        'logits': np.concatenate(logits) if logits else None,
+        'index': np.concatenate(index) if index else np.zeros(0, np.int64),
+    }
+
+
+def _device(module: Any) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device('cpu')
+
+
+def _gather(part: dict[str, Any]) -> list[dict[str, Any]]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [part]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def evaluate(
+    module: Any,
+    dataset: Any,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 4,
+    templates: Any = 'ctclip',
+    autocast: bool = False,
+) -> dict[str, float]:
+    """Zero-shot macro AUROC (and the classifier head's, when the model has one) on `dataset`.
+
+    Collective: every rank embeds its shard and takes part in the text-tower forward, which
+    ZeRO-3 needs; every rank returns the same numbers.
+    """
+    from ctclip.inference import zero_shot_scores
+
+    was_training = module.training
+    module.eval()
+    try:
+        part = _embed(module, dataset, shard(len(dataset), rank, world_size), batch_size, autocast)
+        parts = [p for p in _gather(part) if len(p['index'])]
+        features = np.concatenate([p['features'] for p in parts])
+        index = np.concatenate([p['index'] for p in parts])
+        labels = dataset.table.labels[index]
+        scores = np.asarray(zero_shot_scores(module, features, list(FINDINGS), _templates(templates)))
+        metrics: dict[str, float] = {}
+        metrics['val/zero_shot_auroc'], per_class = macro_auroc(labels, scores)
+        for name, value in zip(FINDINGS, per_class):
+            metrics[f'val/zero_shot_auroc/{name}'] = value
+        if all(p['logits'] is not None for p in parts):
+            logits = np.concatenate([p['logits'] for p in parts])
+            metrics['val/head_auroc'], _ = macro_auroc(labels, logits)
+    finally:
+        module.train(was_training)
+    return metrics

@@ -1,0 +1,194 @@
+"""The training loop: build everything from a resolved config, then step, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ctclip.config import dump_config
+from ctclip.data.builder import build_datasets
+from ctclip.data.dataset import collate
+from ctclip.data.sampling import StepSampler
+from ctclip.data.text import model_tokenizer
+from ctclip.training import checkpoint as ckpt
+from ctclip.training import engine as eng
+from ctclip.training.evaluation import evaluate
+from ctclip.training.logging import RunLogger, plot_curves
+from ctclip.training.stages import attach_pseudo_labels, build_model
+
+_logger = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Training stopped at a signal (or `train.stop_after`) after saving a checkpoint."""
+
+    def __init__(self, step: int, checkpoint: Path, reason: str):
+        super().__init__(f'stopped at step {step} ({reason}); checkpoint {checkpoint}')
+        self.step, self.checkpoint, self.reason = step, checkpoint, reason
+
+
+class Trainer:
+    def __init__(self, cfg: Mapping):
+        self.cfg = copy.deepcopy(dict(cfg))
+        train = self.cfg['train']
+        if not train.get('output_dir'):
+            raise ValueError('train.output_dir must be set')
+        self.out = Path(train['output_dir'])
+        self.ckpt_dir = self.out / 'checkpoints'
+        self.seed = int(train['seed'])
+        self.rank, self.world, self.local_rank = eng.init_distributed()
+        if self.rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(self.cfg, self.out / 'resolved_config.yaml')
+        torch.manual_seed(self.seed)  # the same initial weights on every rank
+        self.model = build_model(self.cfg['model'], train.get('init_from'))
+        self.train_ds, self.val_ds = build_datasets(self.cfg['data'], model_tokenizer(self.model), self.seed)
+        if train.get('pseudo_labels'):
+            self._barrier()
+            attach_pseudo_labels(self.model, self.train_ds, self.out, self.rank, self.world)
+        self.accum = int(train['grad_accum'])
+        self.micro = int(self.cfg['data']['batch_size'])
+        self.total_steps = self._total_steps()
+        self._init_deepspeed()
+
+    def _barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _total_steps(self) -> int:
+        train = self.cfg['train']
+        global_batch = self.micro * self.accum * self.world
+        per_epoch = len(self.train_ds) // global_batch
+        if per_epoch < 1:
+            raise ValueError(f'{len(self.train_ds)} training volumes cannot fill one global batch of {global_batch}')
+        if train.get('steps'):
+            return int(train['steps'])
+        if train.get('epochs'):
+            return int(math.ceil(float(train['epochs']) * per_epoch))
+        raise ValueError('train.steps or train.epochs must be set')
+
+    def _init_deepspeed(self) -> None:
+        import deepspeed
+
+        ds_json = eng.deepspeed_config(self.cfg, self.world)
+        self.autocast = eng.uses_autocast(ds_json)
+        sched = self.cfg['schedule']
+        factor = eng.lr_lambda(int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio']))
+        groups = eng.param_groups(self.model, float(self.cfg['optim']['weight_decay']))
+        self.scalar_names = tuple(n for n, p in self.model.named_parameters() if p.dim() == 0)
+        scalars = eng.lift_scalar_parameters(self.model, ds_json)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model, model_parameters=groups, config=ds_json,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+        )
+        eng.restore_scalar_parameters(scalars)
+        from ctclip.losses import create_loss
+
+        self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)
+        self.order = {'seed': self.seed, 'global_batch': self.micro * self.accum * self.world,
+                      'train_size': len(self.train_ds), 'total_steps': self.total_steps}
+        self.start_step = 0
+        if self.cfg['train'].get('resume', True):
+            self.start_step = ckpt.load_checkpoint(self.engine, self.ckpt_dir, self.order)
+
+    def _loader(self) -> Iterator[dict]:
+        sampler = StepSampler(
+            len(self.train_ds), self.micro, self.world, self.rank, self.accum, self.seed,
+            self.total_steps, self.start_step,
+        )
+        workers = int(self.cfg['data'].get('num_workers') or 0)
+        loader = torch.utils.data.DataLoader(
+            self.train_ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=torch.cuda.is_available(), persistent_workers=False,
+            prefetch_factor=int(self.cfg['data'].get('prefetch_factor', 2)) if workers else None,
+        )
+        return iter(loader)
+
+    def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
+        eng.reseed(self.seed, step, micro, self.rank)
+        device = self.engine.device
+        outputs = self.engine(**eng.model_inputs(batch, self.cfg['loss'], device))
+        losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))
+        self.engine.backward(losses['loss'])
+        self.engine.step()
+        return {k: v.detach().float() for k, v in losses.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
+
+    def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        keys = sorted(sums)
+        values = torch.stack([sums[k] for k in keys]) / self.accum
+        if self.world > 1:
+            dist.all_reduce(values)
+            values /= self.world
+        return {('loss' if k == 'loss' else f'loss/{k}'): float(v) for k, v in zip(keys, values)}
+
+    def fit(self) -> Path:
+        train = self.cfg['train']
+        logger = RunLogger(self.out, self.rank, self.total_steps, self.start_step, bool(train.get('progress', True)))
+        stop = ckpt.StopSignal().install()
+        stop_after = train.get('stop_after')
+        last_saved, step = self.start_step, self.start_step
+        try:
+            batches, timer = self._loader(), eng.StepTimer()
+            for step in range(self.start_step + 1, self.total_steps + 1):
+                sums: dict[str, torch.Tensor] = {}
+                for micro in range(self.accum):
+                    batch = next(batches)
+                    timer.lap('data')
+                    for k, v in self._micro_step(batch, step - 1, micro).items():
+                        sums[k] = sums.get(k, 0) + v
+                    timer.lap('compute')
+                self._log_step(logger, step, sums, timer)
+                if self._want_eval(step):
+                    logger.log(step, self.evaluate())
+                interrupt = stop.should_stop() or (stop_after and step - self.start_step >= int(stop_after))
+                if interrupt or step % int(train['ckpt_every']) == 0 or step == self.total_steps:
+                    path = ckpt.save_checkpoint(self.engine, self.ckpt_dir, step, self.order, int(train['keep_checkpoints']))
+                    last_saved = step
+                if interrupt:
+                    raise Interrupted(step, path, stop.received or 'train.stop_after')
+            if last_saved != self.total_steps:
+                ckpt.save_checkpoint(self.engine, self.ckpt_dir, self.total_steps, self.order, int(train['keep_checkpoints']))
+            self.engine.module.config['recipe'] = self.train_ds.recipe
+            final = ckpt.export_model(self.engine, self.engine.module, self.out / 'final', self.scalar_names)
+        finally:
+            stop.restore()
+            logger.close()
+            if self.rank == 0:
+                plot_curves(self.out / 'metrics.jsonl', self.out / 'training_curves.png')
+        return final
+
+    def _log_step(self, logger: RunLogger, step: int, sums: dict, timer: eng.StepTimer) -> None:
+        every = int(self.cfg['train']['log_every'])
+        if step % every and step != self.total_steps:
+            logger.advance()
+            return
+        values = self._reduce(sums)
+        values['lr'] = float(self.scheduler.get_last_lr()[0])
+        values.update(timer.pop())
+        values['epoch'] = (step - 1) // max(len(self.train_ds) // self.order['global_batch'], 1)
+        logger.log(step, values, advance=1)
+
+    def _want_eval(self, step: int) -> bool:
+        every = int(self.cfg['train'].get('eval_every') or 0)
+        return self.val_ds is not None and every > 0 and (step % every == 0 or step == self.total_steps)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(
+            self.engine.module, self.val_ds, self.rank, self.world,
+            int(self.cfg['train']['eval_batch_size']), self.cfg['train']['zero_shot_templates'], self.autocast,
+        )
+
+
+def final_metrics(output_dir: str | Path) -> dict[str, Any]:
+    """The last validation record of a run (for tests and the demo)."""
+    from ctclip.training.logging import read_metrics
+
+    evals = [r for r in read_metrics(Path(output_dir) / 'metrics.jsonl') if 'val/zero_shot_auroc' in r]
+    return evals[-1] if evals else {}

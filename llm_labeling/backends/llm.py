@@ -1,0 +1,129 @@
+"""The part of an LLM backend that does not depend on where the model runs.
+
+Two prompt styles: 'evidence' asks instructor for a `ReportFindings` object (re-asking when a
+quote is not in the report), 'li' asks for one plain line of 18 values and re-asks on a bad line.
+Subclasses supply the two kinds of completion call.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import abstractmethod
+
+from pydantic import BaseModel
+
+from llm_labeling.backends.base import Answer, Backend, Usage
+from llm_labeling.backends.retry import InvalidOutput, RetryPolicy, with_retries
+from llm_labeling.prompts import PROMPT_VERSIONS, check_style, evidence_messages, li_messages
+from llm_labeling.responses import (
+    REPORT_TEXT,
+    ReportFindings,
+    one_line_annotation,
+    parse_one_line,
+    to_annotation,
+)
+
+# instructor modes by name; the default per backend is 'tools' (works with llama.cpp, vLLM, OpenAI).
+MODES = ('tools', 'tools_strict', 'json_schema', 'json', 'md_json')
+
+
+def instructor_mode(name: str):
+    import instructor
+
+    table = {
+        'tools': instructor.Mode.TOOLS,
+        'tools_strict': instructor.Mode.TOOLS_STRICT,
+        'json_schema': instructor.Mode.JSON_SCHEMA,
+        'json': instructor.Mode.JSON,
+        'md_json': instructor.Mode.MD_JSON,
+    }
+    if name not in table:
+        raise ValueError(f'instructor mode must be one of {", ".join(MODES)}, not {name!r}')
+    return table[name]
+
+
+@functools.lru_cache(maxsize=1)
+def _wrapped() -> type[BaseModel]:
+    """ReportFindings wrapped for instructor once: unwrapped, it rebuilds the class and its JSON
+    schema on every call (about 10 ms of CPU per request, which caps throughput)."""
+    import instructor
+
+    return instructor.openai_schema(ReportFindings)
+
+
+def completion_usage(obj: object) -> Usage:
+    """Tokens of a parsed instructor object (all its attempts) or of a raw completion."""
+    usage = Usage()
+    total = getattr(obj, '_total_usage', None)
+    if total is None:
+        raw = getattr(obj, '_raw_response', obj)
+        total = getattr(raw, 'usage', None)
+    usage.add(total)
+    return usage
+
+
+class LLMBackend(Backend):
+    """Shared prompt handling, re-asking and retrying; subclasses only make the calls."""
+
+    def __init__(self, model: str, prompt: str, mode: str, settings: dict):
+        self.model = model
+        self.style = check_style(prompt)
+        self.prompt_version = PROMPT_VERSIONS[self.style]
+        self.mode_name = mode
+        self.max_reasks = int(settings['max_reasks'])
+        self.max_tokens = int(settings['max_tokens'])
+        self.temperature = float(settings['temperature'])
+        retry = settings['retry']
+        self.policy = RetryPolicy(
+            max_retries=int(retry['max_retries']),
+            initial=float(retry['initial_delay']),
+            maximum=float(retry['max_delay']),
+        )
+
+    @abstractmethod
+    async def structured(self, messages: list[dict], response_model: type[BaseModel]) -> BaseModel:
+        """One instructor call: a validated object, after up to `max_reasks` re-asks.
+
+        The report text for the quote check is in `responses.REPORT_TEXT` (set by the caller).
+        """
+
+    @abstractmethod
+    async def text(self, messages: list[dict]) -> tuple[str, Usage]:
+        """One plain chat completion: (content, usage)."""
+
+    async def label(self, text: str) -> Answer:
+        attempt = self._evidence if self.style == 'evidence' else self._one_line
+        (annotation, usage), spent, attempts = await with_retries(
+            lambda: attempt(text), self.policy, what=f'{self.kind} request'
+        )
+        usage.add(spent)
+        return Answer(annotation, usage, attempts)
+
+    async def _evidence(self, text: str):
+        token = REPORT_TEXT.set(text)
+        try:
+            found = await self.structured(evidence_messages(text), _wrapped())
+        finally:
+            REPORT_TEXT.reset(token)
+        return to_annotation(found, report_id=''), completion_usage(found)
+
+    async def _one_line(self, text: str):
+        messages = li_messages(text)
+        usage = Usage()
+        for _ in range(self.max_reasks + 1):
+            content, used = await self.text(messages)
+            usage.add(used)
+            try:
+                return one_line_annotation(parse_one_line(content), report_id=''), usage
+            except ValueError as e:
+                error = e
+                messages = messages + [
+                    {'role': 'assistant', 'content': content or ''},
+                    {'role': 'user', 'content': f'{e}. Answer again with only that one line.'},
+                ]
+        exc = InvalidOutput(str(error))
+        exc.total_usage = usage  # counted by the retry loop
+        raise exc
+
+    def describe(self) -> dict:
+        return {**super().describe(), 'prompt_style': self.style, 'instructor_mode': self.mode_name}

@@ -1,0 +1,137 @@
+"""Retries with exponential backoff that honour Retry-After, and the sorting of errors into kinds.
+
+Rate limits (429), server errors (5xx), timeouts, dropped connections and invalid model output are
+worth retrying; a bad API key or an unknown model is not, and stops the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+from pydantic import ValidationError
+
+from llm_labeling.backends.base import FatalBackendError, LabelingFailed, Usage
+
+_logger = logging.getLogger(__name__)
+T = TypeVar('T')
+FATAL_STATUS = (401, 403, 404)
+
+
+class InvalidOutput(ValueError):
+    """The model answered, but not in the required form (after instructor's re-asks)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """max_retries extra attempts; delay = initial * multiplier**n, capped, or the server's Retry-After."""
+
+    max_retries: int = 4
+    initial: float = 1.0
+    multiplier: float = 2.0
+    maximum: float = 60.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f'max_retries must be >= 0, not {self.max_retries}')
+        if self.initial < 0 or self.maximum < 0:
+            raise ValueError(f'Backoff delays must be >= 0, not {self.initial}, {self.maximum}')
+
+    def delay(self, retry_number: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.maximum)
+        base = min(self.initial * self.multiplier**retry_number, self.maximum)
+        return base * (1 + self.jitter * random.random())
+
+
+def parse_retry_after(headers: object) -> float | None:
+    """Seconds from a `Retry-After` (seconds or HTTP date) or `retry-after-ms` header."""
+    if headers is None:
+        return None
+    get = getattr(headers, 'get', None)
+    if get is None:
+        return None
+    ms = get('retry-after-ms')
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = get('retry-after')
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def classify(exc: BaseException) -> tuple[bool, str, float | None]:
+    """(retryable, reason, retry_after seconds) for an exception raised by one attempt."""
+    import openai
+
+    for e in _chain(exc):
+        if isinstance(e, openai.APIStatusError):
+            status = e.status_code
+            reason = f'HTTP {status}: {str(e.message)[:200]}'
+            if status in FATAL_STATUS:
+                raise FatalBackendError(f'The server refused the request ({reason})') from exc
+            retryable = status in (408, 409, 429) or status >= 500
+            return retryable, reason, parse_retry_after(e.response.headers)
+        if isinstance(e, openai.APITimeoutError):
+            return True, 'timeout: no answer within the request timeout', None
+        if isinstance(e, openai.APIConnectionError):
+            return True, f'connection error: {e}', None
+        if isinstance(e, (ValidationError, json.JSONDecodeError, InvalidOutput)):
+            return True, f'invalid output: {str(e)[:300]}', None
+    name = type(exc).__name__
+    if 'Incomplete' in name or 'Retry' in name or 'Parsing' in name:
+        return True, f'invalid output: {str(exc)[:300]}', None
+    return False, f'{name}: {str(exc)[:300]}', None
+
+
+def exception_usage(exc: BaseException) -> Usage:
+    usage = Usage()
+    for e in _chain(exc):
+        total = getattr(e, 'total_usage', None)
+        if total is not None:
+            usage.add(total)
+            break
+    return usage
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str = 'request'
+) -> tuple[T, Usage, int]:
+    """Run `attempt` until it succeeds; returns (result, usage of failed attempts, attempts)."""
+    spent = Usage()
+    for number in range(policy.max_retries + 1):
+        try:
+            return await attempt(), spent, number + 1
+        except (FatalBackendError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # sorted below; unknown errors are not retried
+            spent.add(exception_usage(exc))
+            retryable, reason, retry_after = classify(exc)
+            if not retryable or number == policy.max_retries:
+                raise LabelingFailed(reason, spent, number + 1) from exc
+            wait = policy.delay(number, retry_after)
+            _logger.debug('%s failed (%s); retry %d in %.2f s', what, reason, number + 1, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError('unreachable')

@@ -1,0 +1,298 @@
+"""The rules labeler's knowledge as data: per-finding trigger patterns and the cue words.
+
+Kept apart from the matching code in `llm_labeling.rules` so that a rule change is a data change,
+and so that `RulesLabeler.version` can hash exactly this content. Patterns are case-insensitive
+regular expressions matched inside one clause of a report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm_labeling.schema import FINDINGS
+
+
+@dataclass(frozen=True)
+class FindingPatterns:
+    """How one finding is spoken of.
+
+    Args:
+        triggers: a match names the finding; its named group `t`, when present, is the word whose
+            negation and hedging decide the status (e.g. the plaque in "aorta ... plaques").
+        excludes: a trigger match that overlaps one of these is not the finding (e.g. a thyroid
+            nodule is not a lung nodule).
+    """
+
+    triggers: tuple[str, ...]
+    excludes: tuple[str, ...] = ()  # the named group `x`, when present, is the vetoed span
+
+
+_NOT_LUNG = (
+    r'(?:thyroid|adrenal\w*|liver|hepatic|renal|kidneys?|breasts?|spleen|splenic|pancrea\w*|gland'
+    r'|mediastin\w*|mesenter\w*|vertebra\w*|trachea|bronchi|adipose|subcutaneous|axilla\w*|stomach)'
+)
+
+# Calcified plaque words, and the non-coronary thoracic arteries the manual labels count.
+_CALC = r'calcifi\w+|calcific|atherom\w+|atheroscleros\w+|atherosclerotic|plaques?'
+_ARTERY = (
+    r'(?<!abdominal )aort(?:a|ic)(?! valve)|arcus|(?<!abdominal )aortic arch|carotid\w*|subclavian'
+    r'|brachiocephalic|(?<!coronary )(?<!descending )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
+)
+
+_CORONARY_BRANCH = r'LAD|RCA|LCX|CX|circumflex|left anterior descending|left main coronary'
+
+LEXICON: dict[str, FindingPatterns] = {
+    'Medical material': FindingPatterns(
+        triggers=(
+            r'\bcatheter\w*',
+            r'\bstent\w*',
+            r'\bpacemaker\w*',
+            r'\bsternotomy\b',
+            r'\bwires?\b',
+            r'\bclips?\b',
+            r'\bprosthe\w+',
+            r'\bport\b',
+            r'\b(?:nasogastric|endotracheal|tracheostomy|chest|thoracostomy|drainage|feeding)\s+tubes?\b',
+            r'\btracheostomy\b',
+            r'\bintubat\w+',
+            r'\bdrain\w*\b',
+            r'\bsutures?\b(?! compression)',
+            r'\bmetal\w*',
+            r'\bcoils?\b',
+            r'\belectrodes?\b',
+            r'\bscrews?\b',
+            r'\bcabg\b',
+            r'\bbypass graft\w*',
+            r'\bvalve replacement\b',
+            r'\bsurgical material\w*',
+            r'\bforeign bod(?:y|ies)\b',
+            r'\bfixation material\w*',
+            r'\bdevice\w*',
+            r'\bfilter\b',
+            r'\bcardiac valves?\b(?=.*\b(?:prosthe|replace|operat))',
+        ),
+    ),
+    'Arterial wall calcification': FindingPatterns(
+        triggers=(
+            rf'\b(?:{_CALC})\b(?=[^.;]*\b(?:{_ARTERY})\b)',
+            rf'\b(?:{_ARTERY})\b[^.;]*?\b(?P<t>{_CALC})\b',
+        ),
+    ),
+    'Cardiomegaly': FindingPatterns(
+        triggers=(
+            r'\bcardiomegal\w+',
+            r'\bheart (?:size|dimensions?|contour)\s+(?:is|are|was|were)?\s*(?:\w+\s+)?(?:increased|enlarged|larger)',
+            r'\benlarge\w* (?:heart|cardiac)',
+            r'\b(?:increase\w*|enlarge\w*) in (?:the )?(?:heart|cardiac) (?:size|dimensions?)',
+            r'\bcardiac (?:size|dimensions?)\s+(?:is|are|was|were)?\s*(?:\w+\s+)?(?:increased|enlarged)',
+            r'\b(?:cardiothoracic|cardio-thoracic) (?:index|ratio)\b[^.;]*\bincreas\w*',
+            r'\bincreas\w*[^.;]*\b(?:cardiothoracic|cardio-thoracic) (?:index|ratio)\b',
+            r'\bctr\b[^.;]*\bincreas\w*|\bincreas\w*[^.;]*\bctr\b',
+            r'\bheart (?:is )?(?:larger|bigger) than normal\b',
+            r'\bincrease\w* in (?:the )?(?:heart|cardiac) (?:size|dimensions?|volume)\b',
+            r'\bheart (?:size|dimensions?|volume) (?:has |have )?(?:\w+ )?increased\b',
+        ),
+    ),
+    'Pericardial effusion': FindingPatterns(
+        triggers=(
+            r'\bpericardial (?:effusion|fluid)\w*',
+            r'\b(?:effusion|fluid) (?:\w+ )?(?:in|within) the pericard\w*',
+            r'\bpericardial effusion-thickening\b',
+            r'\b(?:effusion|fluid)\w*\b(?=[^.;]*\bpericard\w*)',
+            r'\bpericard\w* thickening-(?:\w+ )?effusion\b',
+        ),
+    ),
+    'Coronary artery wall calcification': FindingPatterns(
+        triggers=(
+            r'\bcoronary\b[^.;]*\bcalcifi\w+',
+            r'\bcalcifi\w+[^.;]*\bcoronary\b',
+            r'\bcoronary\b[^.;]*\b(?:plaques?|atherom\w+|atheroscleros\w+)',
+            r'\b(?:plaques?|atherom\w+)[^.;]*\bcoronary\b',
+            rf'\b(?:{_CORONARY_BRANCH})\b[^.;]*\b(?:{_CALC})',
+            rf'\b(?:{_CALC})\b[^.;]*\b(?:{_CORONARY_BRANCH})\b',
+        ),
+    ),
+    'Hiatal hernia': FindingPatterns(
+        triggers=(r'\bhiatal? hernia\w*', r'\bhiatus hernia\w*', r'\bsliding (?:type )?hernia\w*'),
+    ),
+    'Lymphadenopathy': FindingPatterns(
+        triggers=(
+            r'\blymph ?nodes?\b',
+            r'\blymphadenopath\w+',
+            r'\blymphadenomegal\w+',
+            r'\badenopath\w+',
+            r'\blap\b',
+        ),
+        excludes=(r'\b(?:intrapulmonary|subpleural|intraparenchymal|fissural|perifissural) (?P<x>lymph ?nodes?)',),
+    ),
+    'Emphysema': FindingPatterns(
+        triggers=(r'\bemphysem\w+', r'\bbullae?\b', r'\bbullous\b', r'\bblebs?\b'),
+        excludes=(r'\bsubcutaneous emphysema\b',),
+    ),
+    'Atelectasis': FindingPatterns(
+        triggers=(r'\batelecta\w+', r'\bdystelecta\w+'),
+        excludes=(r'\bfibro[- ]?(?P<x>atelecta\w+)',),
+    ),
+    'Lung nodule': FindingPatterns(
+        triggers=(
+            r'\bnodules?\b',
+            r'\bmicronodul\w*',
+            r'\bnodular (?:lesions?|formations?|opacit\w+|densit\w+|appearances?|structures?)',
+        ),
+        excludes=(
+            rf'\b{_NOT_LUNG}\b[^.;]*\b(?P<x>nodul\w*)',
+            rf'\b(?P<x>nodul\w*)\b[^.;]*\b(?:in|of|on) (?:the )?(?:\w+ )?{_NOT_LUNG}\b',
+            r'\bschmorl\w* nodul\w*|\bhypodense nodul\w*',
+            r'\bnodular densit\w+ (?:increase|in the)',
+        ),
+    ),
+    'Lung opacity': FindingPatterns(
+        triggers=(
+            r'\bground[- ]glass\w*',
+            r'\bopacit\w+',
+            r'\binfiltrat\w+',
+            r'\bdensity increase\w*',
+            r'\bincrease\w* (?:in|of) (?:\w+ )?density\b',
+            r'\bincreased density\b',
+            r'\bdep[ae]nd[ae]nt (?:\w+ )?densit\w+',
+        ),
+        excludes=(
+            r'\b(?:active )?infiltrat\w+ or mass|mass(?: lesion)?[- ](?:or )?(?:active )?infiltrat\w+',
+            r'\bactive infiltrat\w+',
+            r'\binfiltrat\w+ (?:into|the|of the) (?!lung|parenchyma)',
+            r'\binfiltrating\b',
+            r'\b(?:centri)?acinar (?:nodular )?(?:opacit|infiltrat)\w*|\b(?:micro)?nodular (?:opacit|infiltrat|density)\w*',
+            r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|atelecta\w+|band|linear|peribronchial|metal\w*'
+            r'|consolidat\w+|consolidative|fat\w*|adipose|subcutaneous|perirenal|pericolonic|skin|bone|liver'
+            r'|operative|vertebra\w*|soft tissue|mediastinum|pleural|pleura)\b(?:(?!ground)[^.;])*'
+            r'\b(?P<x>density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density)',
+            r'\b(?P<x>density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density)\b[^.;]*'
+            r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|atelecta\w+|band|consolidat\w+|edema|fat\w*|thymic)',
+            r'\b(?:in favor of|compatible with|consistent with|favors|suggest\w*|terms of|evaluated for|'
+            r'belong to the early onset of) (?:\w+ ){0,2}(?P<x>(?:broncho)?pneumonic infiltrat\w+|infiltrat\w+)',
+            r'\b(?P<x>ground[- ]glass)\b[^.;]*\b(?:regressed|disappeared|not observed in this)',
+        ),
+    ),
+    'Pulmonary fibrotic sequela': FindingPatterns(
+        triggers=(
+            r'\bfibro(?:sis|tic|[- ]?atelecta\w+)\b',
+            r'\bsequela\w*',
+            r'\bparenchymal bands?\b',
+            r'\bscar\w*',
+        ),
+        excludes=(
+            r'\b(?:kidneys?|renal|perirenal|bone|ribs?|costa\w*|humerus|spleen|splenic|vertebra\w*|fracture\w*|'
+            r'liver|hepatic|thyroid|breast|operation|postoperative)\b[^.;]*?(?P<x>sequela\w*|fibro\w+|scar\w*)',
+            r'(?P<x>sequela\w*|fibro\w+|scar\w*)\b[^.;]*?\b(?:kidneys?|renal|bone|ribs?|humerus|spleen|vertebra\w*)\b',
+        ),
+    ),
+    'Pleural effusion': FindingPatterns(
+        triggers=(
+            r'\bpleural (?:effusion|fluid)\w*',
+            r'\b(?:bilateral|right|left)\s+(?:\w+\s+)?effusion\w*',
+            r'\beffusion\w*\b(?![^.;]*\bpericard)',
+            r'\bpleural effusion-thickening\b',
+        ),
+        excludes=(
+            r'\bpericard\w*\b[^.;]*?(?P<x>effusion|fluid)',
+            r'\b(?:abdom\w*|perirenal|perinephric|subcapsular|spleen|splenic|liver|hepatic|pelvi\w*|'
+            r'ascites|joint|bursa\w*|perihepatic|perisplenic|intraabdominal)\b[^.;]*?(?P<x>effusion|fluid)',
+            r'(?P<x>effusion)\w* (?:in|of) (?:the )?(?:abdom|perirenal|perinephric|subcapsular|pelvi|spleen|liver)',
+        ),
+    ),
+    'Mosaic attenuation pattern': FindingPatterns(triggers=(r'\bmosaic\w*',)),
+    'Peribronchial thickening': FindingPatterns(
+        triggers=(
+            r'\bperibronch\w*\b[^.;]{0,60}?\b(?:thick\w*|density)',
+            r'\bthick\w*[^.;]{0,40}?\bperibronch\w*',
+            r'\bbronchial wall\w*\b[^.;]{0,30}?\bthick\w*',
+            r'\bthick\w*[^.;]{0,30}?\bbronchial walls?\b',
+        ),
+        excludes=(r'\bnormal (?P<x>thickness)\b',),
+    ),
+    'Consolidation': FindingPatterns(triggers=(r'\bconsolidat\w+',)),
+    'Bronchiectasis': FindingPatterns(triggers=(r'\bbronchiecta\w+',)),
+    'Interlobular septal thickening': FindingPatterns(
+        triggers=(
+            r'\bsepta\w*\b[^.;]{0,30}?\bthick\w*',
+            r'\bthick\w*[^.;]{0,30}?\b(?:inter|intra)\w*[- ]?septa\w*',
+            r'\binterlobular sept\w*',
+            r'\binterstiti\w* (?:thick\w*|elements?)',
+            r'\bthick\w*[^.;]{0,40}?\binterstiti\w*',
+        ),
+    ),
+}
+
+# Cue words. "Pre" cues negate what follows them up to the next verb phrase or clause end;
+# "post" cues negate what precedes them back to the previous verb phrase or clause start.
+NEGATION_PRE: tuple[str, ...] = (
+    r'\bno\b',
+    r'\bnot\b',
+    r'\bwithout\b',
+    r'\bneither\b',
+    r'\bnor\b',
+    r'\babsence of\b',
+    r'\bfree of\b',
+    r'\bnegative for\b',
+)
+NEGATION_POST: tuple[str, ...] = (
+    r'\b(?:was|were|is|are|has been|have been)\s+not\s+\w+',
+    r'\bnot\s+(?:observed|detected|seen|identified|noted|found|present|visualized|monitored)\b',
+    r'\b(?:is|are|was|were)\s+(?:within\s+|of\s+)?normal(?:\s+limits)?\b',
+    r'\bnone\b',
+)
+# Cues that negate every trigger before them in the clause, across relative clauses such as
+# "the effusion, which was observed in the previous examination, was not detected".
+NEGATION_POST_STRONG: tuple[str, ...] = (
+    r'\bnot (?:be )?(?:detected|observed|seen|visualized|identified) in (?:the|this) (?:current|present|last|recent)?\s*'
+    r'(?:examination|study|scan|ct)',
+    r'\b(?:was|were|has been|have been) removed\b',
+    r'\b(?:completely|totally|fully) regressed\b',
+    r'\bfull regression\b',
+    r'\bdisappeared\b',
+    r'\bresolved\b',
+)
+UNCERTAINTY: tuple[str, ...] = (
+    r'\bsuspicious\b',
+    r'\bsuspect\w*',
+    r'\bpossibl[ey]\b',
+    r'\bprobabl[ey]\b',
+    r'\bquestionable\b',
+    r'\bequivocal\b',
+    r'\bmay\b',
+    r'\bmight\b',
+    r'\bcould\b',
+    r'\bdifferential diagnosis\b',
+    r'\?',
+)
+# Phrases that contain a negation word but negate nothing; masked before cues are searched.
+PSEUDO_NEGATION: tuple[str, ...] = (
+    r'\b(?:is|are|was|were|did|do|does)? ?not (?:\w+ )?(?:reach\w*|exceed\w*|pathologic\w*) ?(?:\w+ )?(?:in )?(?:size|dimensions?|sizes)?',
+    r'\bnon-?pathologic\w*',
+    r'\bno (?:significant |marked |remarkable )?(?:difference|change|progression|regression)\b',
+    r'\b(?:did|does|do|has|have|had)? ?not (?:\w+ )?(?:change|differ)\w*',
+    r'\bnot (?:present|observed|detected|seen|visualized) (?:in|on) (?:the |his |her )?(?:previous|prior|old|last)\b',
+    r'\bnot typical\b',
+    r'\bnot only\b',
+    r'\bnot (?:be )?(?:evaluated|assessed|characterized|distinguished|differentiated)\b',
+)
+# Hedges built from a negation word; checked before negation so they do not read as absent.
+UNCERTAINTY_NEGATED: tuple[str, ...] = (
+    r'\b(?:can ?not|could not|may not) be (?:ruled out|excluded|differentiated|distinguished)',
+    r'\bnot (?:be )?(?:ruled out|excluded)\b',
+)
+# Verb phrases that close the scope of a "pre" negation cue.
+VERB_PHRASE = r'\b(?:was|were|is|are|has been|have been|observed|detected|seen|noted|present)\b'
+# Clause breakers inside a sentence.
+CLAUSE_BREAK = (
+    r';|,?\s+(?:but|however|although|though|whereas|while|except)\b'
+    r'|,?\s+and\s+(?=(?:no|there|the|a|an)\b)|,\s+(?=(?:no|there)\b)'
+)
+
+
+def lexicon_fingerprint() -> str:
+    """Every pattern in a stable text form: the input of `RulesLabeler.version`."""
+    parts = [repr(sorted(LEXICON.items(), key=lambda kv: FINDINGS.index(kv[0])))]
+    for group in (PSEUDO_NEGATION, NEGATION_PRE, NEGATION_POST, NEGATION_POST_STRONG, UNCERTAINTY, UNCERTAINTY_NEGATED, (VERB_PHRASE, CLAUSE_BREAK)):
+        parts.append(repr(group))
+    return '\n'.join(parts)

@@ -1,0 +1,245 @@
+"""A deterministic, negation- and uncertainty-aware labeler for chest-CT reports (no LLM).
+
+It is the offline default backend and the baseline every LLM run is compared against. A report is
+cut into sentences and clauses; each finding's trigger patterns (`llm_labeling.lexicon`) are matched
+per clause, and the clause's negation and uncertainty cues decide the status. The deciding clause is
+returned verbatim as the evidence quote, so every quote is an exact substring of the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from llm_labeling import lexicon
+from llm_labeling.schema import (
+    FINDINGS,
+    Descriptors,
+    FindingEvidence,
+    Location,
+    ReportAnnotation,
+    Status,
+)
+
+_logger = logging.getLogger(__name__)
+
+_FLAGS = re.IGNORECASE
+_RULES_CODE_VERSION = '1'
+_RANK = {Status.PRESENT: 3, Status.UNCERTAIN: 2, Status.ABSENT: 1}
+
+_SENTENCE_END = re.compile(r'(?<=[.!?])\s+|\s*"\s*|\n+|(?<=[a-z])\.(?=[A-Z])')
+_TRIM = ' \t\r\n.,;:-"\''
+
+_SIDE = re.compile(r'\b(bilateral\w*|both|right|left)\b', _FLAGS)
+_REGION = re.compile(
+    r'\b(?:(?:right|left)\s+(?:lung\s+)?)?(?:upper|middle|lower)\s+lob\w*'
+    r'(?:\s+(?:apical|apicoposterior|anterior|posterior|superior|lateral|medial|(?:postero|antero|latero|medio)?basal)\s+segments?)?'
+    r'|\b(?:apical|apicoposterior|anterior|posterior|superior|lateral|medial|(?:postero|antero|latero|medio)?basal)\s+segments?'
+    r'(?:\s+of\s+(?:the\s+)?(?:(?:right|left)\s+)?(?:lung\s+)?(?:upper|middle|lower)\s+lob\w*)?'
+    r'|\blingul\w*|\b(?:lung\s+)?(?:apex|apices|bases)\b',
+    _FLAGS,
+)
+_STRUCTURE = re.compile(
+    r'\b(?:ascending aorta|descending aorta|aortic arch|arcus aorta|abdominal aorta|aort\w*'
+    r'|coronary arter\w*|coronary|pericardi\w*|heart|mediastin\w*|hil(?:ar|um|a)\b|prevascular'
+    r'|paratracheal|subcarinal|axilla\w*|supraclavicular|pleura\w*|esophag\w+|hiatus|trachea'
+    r'|bronch\w*|carotid\w*|subclavian|brachiocephalic|superior vena cava|vena cava|jugular)',
+    _FLAGS,
+)
+_SIZE = re.compile(
+    r'\b\d+(?:[.,]\d+)?(?:\s*[x×*]\s*\d+(?:[.,]\d+)?)*\s*(?:mm|cm)\b',
+    _FLAGS,
+)
+_SEVERITY = re.compile(
+    r'\b(minimal|mild|slight|minor|moderate|marked|severe|significant|prominent|advanced|'
+    r'intense|massive|small|large|millimetric|thin)\b',
+    _FLAGS,
+)
+_EXTENT = re.compile(
+    r'\b(diffuse|focal|multifocal|widespread|patchy|scattered|localized|segmental|subsegmental|'
+    r'lobar|extensive|multiple|bilateral|peripheral|centrilobular|paraseptal|panlobular|'
+    r'subpleural|linear|nodular)\b',
+    _FLAGS,
+)
+
+
+@dataclass(frozen=True)
+class _Clause:
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _Mention:
+    finding: str
+    status: Status
+    clause: _Clause
+    start: int  # of the trigger match, relative to the clause
+
+
+class _CompiledLexicon:
+    """The lexicon's regular expressions, compiled once per labeler."""
+
+    def __init__(self) -> None:
+        self.triggers = {
+            name: [re.compile(p, _FLAGS) for p in lexicon.LEXICON[name].triggers] for name in FINDINGS
+        }
+        self.excludes = {
+            name: [re.compile(p, _FLAGS) for p in lexicon.LEXICON[name].excludes] for name in FINDINGS
+        }
+        self.pseudo_neg = re.compile('|'.join(lexicon.PSEUDO_NEGATION), _FLAGS)
+        self.neg_pre = re.compile('|'.join(lexicon.NEGATION_PRE), _FLAGS)
+        self.neg_post = re.compile('|'.join(lexicon.NEGATION_POST), _FLAGS)
+        self.neg_post_strong = re.compile('|'.join(lexicon.NEGATION_POST_STRONG), _FLAGS)
+        self.uncertain = re.compile('|'.join(lexicon.UNCERTAINTY), _FLAGS)
+        self.hedge_negated = re.compile('|'.join(lexicon.UNCERTAINTY_NEGATED), _FLAGS)
+        self.verb = re.compile(lexicon.VERB_PHRASE, _FLAGS)
+        self.clause_break = re.compile(lexicon.CLAUSE_BREAK, _FLAGS)
+
+
+def _segments(text: str, pattern: re.Pattern, offset: int = 0) -> list[tuple[int, int]]:
+    """Cut `text` at the matches of `pattern`; spans are trimmed and absolute (plus `offset`)."""
+    spans, last = [], 0
+    for match in pattern.finditer(text):
+        spans.append((last, match.start()))
+        last = match.end()
+    spans.append((last, len(text)))
+    out = []
+    for start, end in spans:
+        while start < end and text[start] in _TRIM:
+            start += 1
+        while end > start and text[end - 1] in _TRIM:
+            end -= 1
+        if end > start:
+            out.append((start + offset, end + offset))
+    return out
+
+
+def _veto_span(match: re.Match) -> tuple[int, int]:
+    """An exclusion vetoes its named group `x` when it has one, else its whole match."""
+    return match.span('x') if 'x' in match.re.groupindex else match.span()
+
+
+def _overlaps(span: tuple[int, int], others: Iterable[tuple[int, int]]) -> bool:
+    return any(span[0] < b and a < span[1] for a, b in others)
+
+
+class RulesLabeler:
+    """Labels a report with the 18 CT-RATE findings and quotes the clause that decided each one.
+
+    Deterministic and stateless apart from compiled patterns; `version` changes whenever the
+    lexicon or the matching code changes, so caches keyed on it stay valid.
+
+    Example:
+        >>> ann = RulesLabeler().annotate('r1', 'No pleural effusion. Bilateral atelectasis.')
+        >>> ann.labels()['Atelectasis'], ann.labels()['Pleural effusion']
+        (1, 0)
+    """
+
+    version: str = 'rules-{}-{}'.format(
+        _RULES_CODE_VERSION,
+        hashlib.sha256(lexicon.lexicon_fingerprint().encode()).hexdigest()[:12],
+    )
+
+    def __init__(self) -> None:
+        self._lex = _CompiledLexicon()
+
+    def annotate(self, report_id: str, text: str) -> ReportAnnotation:
+        """All findings the report mentions, each with status, quote, location and descriptors."""
+        if not isinstance(text, str):
+            message = f'Report text of {report_id!r} must be a string, not {type(text).__name__}'
+            raise TypeError(message)
+        best: dict[str, _Mention] = {}
+        for clause in self._clauses(text):
+            for mention in self._mentions(clause):
+                kept = best.get(mention.finding)
+                if kept is None or _RANK[mention.status] > _RANK[kept.status]:
+                    best[mention.finding] = mention
+        findings = [self._evidence(best[name]) for name in FINDINGS if name in best]
+        return ReportAnnotation(report_id=str(report_id), findings=findings)
+
+    def annotate_many(self, items: Iterable[tuple[str, str]]) -> list[ReportAnnotation]:
+        """Annotate `(report_id, text)` pairs; identical texts are processed once."""
+        done: dict[str, ReportAnnotation] = {}
+        out = []
+        for report_id, text in items:
+            if text not in done:
+                done[text] = self.annotate(report_id, text)
+            out.append(done[text].model_copy(update={'report_id': str(report_id)}))
+        return out
+
+    def _clauses(self, text: str) -> list[_Clause]:
+        clauses = []
+        for s_start, s_end in _segments(text, _SENTENCE_END):
+            sentence = text[s_start:s_end]
+            for c_start, c_end in _segments(sentence, self._lex.clause_break, s_start):
+                clauses.append(_Clause(c_start, c_end, text[c_start:c_end]))
+        return clauses
+
+    def _mentions(self, clause: _Clause) -> list[_Mention]:
+        out = []
+        for name in FINDINGS:
+            excluded = [_veto_span(m) for rx in self._lex.excludes[name] for m in rx.finditer(clause.text)]
+            for rx in self._lex.triggers[name]:
+                for match in rx.finditer(clause.text):
+                    if _overlaps(match.span(), excluded):
+                        continue
+                    start, end = match.span('t') if 't' in rx.groupindex else match.span()
+                    status = self._status(clause.text, start, end)
+                    out.append(_Mention(name, status, clause, start))
+                    break
+        return out
+
+    def _status(self, text: str, start: int, end: int) -> Status:
+        """Negated hedges ("cannot be excluded") first, then scoped negation, then other hedges."""
+        text = self._lex.pseudo_neg.sub(lambda m: ' ' * len(m.group(0)), text)
+        if self._lex.hedge_negated.search(text):
+            return Status.UNCERTAIN
+        for cue in self._lex.neg_pre.finditer(text, 0, start):
+            if not self._lex.verb.search(text, cue.end(), start):
+                return Status.ABSENT
+        for cue in self._lex.neg_post.finditer(text, end):
+            if not self._lex.verb.search(text, end, cue.start()):
+                return Status.ABSENT
+        if self._lex.neg_post_strong.search(text, end):
+            return Status.ABSENT
+        if self._lex.uncertain.search(text):
+            return Status.UNCERTAIN
+        return Status.PRESENT
+
+    @staticmethod
+    def _evidence(mention: _Mention) -> FindingEvidence:
+        quote = mention.clause.text
+        return FindingEvidence(
+            finding=mention.finding,
+            status=mention.status,
+            quote=quote,
+            location=_parse_location(quote),
+            descriptors=_parse_descriptors(quote),
+        )
+
+
+def _first(pattern: re.Pattern, text: str) -> str | None:
+    match = pattern.search(text)
+    return match.group(0).lower() if match else None
+
+
+def _parse_location(quote: str) -> Location:
+    """Side, lobe/segment and non-lung structure as written in the quote (lower-cased)."""
+    sides = {m.group(1).lower() for m in _SIDE.finditer(quote)}
+    if {'right', 'left'} <= sides or any(s.startswith('bilateral') or s == 'both' for s in sides):
+        side = 'bilateral'
+    else:
+        side = next(iter(sides), None)
+    return Location(side=side, region=_first(_REGION, quote), structure=_first(_STRUCTURE, quote))
+
+
+def _parse_descriptors(quote: str) -> Descriptors:
+    """Size, severity and extent words as written in the quote."""
+    return Descriptors(
+        size=_first(_SIZE, quote), severity=_first(_SEVERITY, quote), extent=_first(_EXTENT, quote)
+    )

@@ -1,0 +1,135 @@
+"""Honest evaluation of the rules labeler on CT-RATE's 800 manually labelled reports.
+
+Rules are written by hand, so k-fold "training" does not apply; the honest protocol is a held-out
+split fixed before any rule was written: a report is held out when the SHA-1 of its AccessionNo is
+divisible by 4 (190 of 800 reports). Rules were developed on the other 610 ("dev") only, and error
+listings are only ever printed for dev. Run:
+
+    python -m llm_labeling.rules_cv --split heldout
+    python -m llm_labeling.rules_cv --split dev --errors 'Lung opacity'
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_labeling.schema import FINDINGS
+
+SPLITS = ('dev', 'heldout', 'all')
+DEFAULT_MANUAL = Path(__file__).resolve().parents[2] / 'shared/data/ctrate/manual_labels_train.csv'
+# The manual labels are binary. Uncertain mentions ("suspicious for", "cannot be excluded") were
+# marked positive by CT-RATE's annotators, so -1 scores as 1 against them.
+UNCERTAIN_AS = 1
+
+
+@dataclass(frozen=True)
+class ManualReport:
+    accession: str
+    text: str
+    labels: dict[str, int]
+
+
+def is_heldout(accession: str) -> bool:
+    """The fixed held-out rule: SHA-1 of the AccessionNo divisible by 4."""
+    return int(hashlib.sha1(accession.encode()).hexdigest(), 16) % 4 == 0
+
+
+def load_manual(path: str | Path, split: str = 'all') -> list[ManualReport]:
+    """Read `manual_labels_train.csv` (AccessionNo, report_text, 18 labels) and keep one split."""
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, not {split!r}')
+    path = Path(path)
+    with path.open(newline='', encoding='utf-8') as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in ('AccessionNo', 'report_text', *FINDINGS) if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f'{path} lacks the columns {missing}')
+        rows = [
+            ManualReport(r['AccessionNo'], r['report_text'], {f: int(r[f]) for f in FINDINGS})
+            for r in reader
+        ]
+    if split == 'all':
+        return rows
+    return [r for r in rows if is_heldout(r.accession) == (split == 'heldout')]
+
+
+def binary(value: int) -> int:
+    """A 1/0/-1 label scored against binary gold labels."""
+    return UNCERTAIN_AS if value == -1 else int(value)
+
+
+def score(gold: Sequence[dict[str, int]], pred: Sequence[dict[str, int]]) -> dict:
+    """Per-class precision/recall/F1 (0 for an empty denominator) and the macro mean F1."""
+    per_class = {}
+    for name in FINDINGS:
+        pairs = [(g[name], binary(p[name])) for g, p in zip(gold, pred, strict=True)]
+        tp = sum(1 for g, p in pairs if g == 1 and p == 1)
+        fp = sum(1 for g, p in pairs if g == 0 and p == 1)
+        fn = sum(1 for g, p in pairs if g == 1 and p == 0)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {'precision': precision, 'recall': recall, 'f1': f1, 'support': tp + fn}
+    macro = sum(c['f1'] for c in per_class.values()) / len(FINDINGS)
+    return {'n_reports': len(gold), 'macro_f1': macro, 'per_class': per_class}
+
+
+def evaluate(reports: Sequence[ManualReport], labeler: Callable | None = None) -> tuple[dict, list]:
+    """Score the rules labeler on `reports`; also return the predicted label dicts."""
+    from llm_labeling.rules import RulesLabeler
+
+    labeler = labeler or RulesLabeler()
+    annotations = labeler.annotate_many((r.accession, r.text) for r in reports)
+    preds = [a.labels() for a in annotations]
+    return score([r.labels for r in reports], preds), annotations
+
+
+def markdown_table(result: dict) -> str:
+    lines = ['| finding | support | precision | recall | F1 |', '|---|---:|---:|---:|---:|']
+    for name, c in result['per_class'].items():
+        lines.append(f"| {name} | {c['support']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |")
+    lines.append(f"| **macro** | | | | **{result['macro_f1']:.4f}** |")
+    return '\n'.join(lines)
+
+
+def _print_errors(reports: Sequence[ManualReport], annotations: list, finding: str) -> None:
+    for report, ann in zip(reports, annotations, strict=True):
+        pred = binary(ann.labels()[finding])
+        if pred == report.labels[finding]:
+            continue
+        kind = 'FP' if pred else 'FN'
+        quotes = [f'{e.status.value}: {e.quote}' for e in ann.findings if e.finding == finding]
+        print(f'--- {kind} {report.accession} {quotes}\n{report.text}\n')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m llm_labeling.rules_cv', description=__doc__)
+    parser.add_argument('--manual', type=Path, default=DEFAULT_MANUAL, help='manual_labels_train.csv')
+    parser.add_argument('--split', choices=SPLITS, default='heldout')
+    parser.add_argument('--errors', metavar='FINDING', help='print the misclassified dev reports')
+    parser.add_argument('--json', type=Path, help='also write the scores here')
+    args = parser.parse_args(argv)
+    if args.errors and args.split != 'dev':
+        parser.error('--errors is only allowed with --split dev (held-out reports stay unseen)')
+    if args.errors and args.errors not in FINDINGS:
+        parser.error(f'--errors must be one of {list(FINDINGS)}, not {args.errors!r}')
+    reports = load_manual(args.manual, args.split)
+    result, annotations = evaluate(reports)
+    if args.errors:
+        _print_errors(reports, annotations, args.errors)
+    print(f'split={args.split} n={len(reports)} uncertain_as={UNCERTAIN_AS}')
+    print(markdown_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

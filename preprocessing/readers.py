@@ -1,0 +1,307 @@
+"""Readers for NIfTI, DICOM series and RAD-ChestCT `.npz`: each returns a SimpleITK image in LPS world.
+
+Readers only decode files and place the voxel grid in space. HU calibration of CT-RATE files and
+plausibility checks happen later (`ctrate.py`, `checks.py`), so each step can fail with its own stage.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from preprocessing.errors import PreprocessError
+
+_logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = ('.nii.gz', '.nii')
+RADCHEST_SPACING_MM = 0.8
+_TAG_POSITION = '0020|0032'
+_TAG_ORIENTATION = '0020|0037'
+_TAG_ROWS = '0028|0010'
+_TAG_COLUMNS = '0028|0011'
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise PreprocessError('read', f'{str(path)!r} does not exist')
+    if path.is_file() and path.stat().st_size == 0:
+        raise PreprocessError('read', f'{str(path)!r} is an empty file')
+
+
+def _squeeze_to_3d(image: sitk.Image, path: Path) -> sitk.Image:
+    dim = image.GetDimension()
+    if dim == 4 and image.GetSize()[3] == 1:
+        return image[:, :, :, 0]
+    if dim != 3:
+        size = 'x'.join(map(str, image.GetSize()))
+        raise PreprocessError('read', f'{str(path)!r} is a {dim}D image ({size}); a CT volume must be 3D')
+    return image
+
+
+def read_nifti(path: str | Path) -> sitk.Image:
+    """A NIfTI file as stored (scl_slope/scl_inter applied, geometry from the header)."""
+    path = Path(path)
+    _check_file(path)
+    header = _nifti_header(path)
+    if path.name.lower().endswith('.gz'):
+        _check_gzip(path, header)
+    else:
+        expected = _expected_nifti_bytes(header)
+        if expected is not None and path.stat().st_size < expected:
+            raise PreprocessError(
+                'read', f'{str(path)!r} is truncated: {path.stat().st_size} bytes, header needs {expected}'
+            )
+    _check_spacing(header, path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise PreprocessError('read', f'{str(path)!r} is not a readable NIfTI image: {_first_line(exc)}') from exc
+    return _squeeze_to_3d(image, path)
+
+
+def _nifti_header(path: Path):  # -> nibabel header | None
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path)).header
+    except Exception:  # an unparsable header is reported by the ITK reader with its own message
+        return None
+
+
+def _expected_nifti_bytes(header) -> int | None:
+    """Header offset plus voxel bytes: the size of a whole NIfTI file."""
+    if header is None:
+        return None
+    voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+    return int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+
+
+def _check_spacing(header, path: Path) -> None:
+    """ITK silently turns a zero or missing pixdim into 1 mm; refuse that instead."""
+    if header is None:
+        return
+    zooms = [float(z) for z in header.get_zooms()[:3]]
+    if len(zooms) == 3 and not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise PreprocessError('check', f'{str(path)!r} has missing spacing (pixdim {zooms})')
+
+
+def _check_gzip(path: Path, header) -> None:
+    """ITK reads a truncated .gz silently (the missing end becomes zeros), so check it here.
+
+    The gzip trailer holds the uncompressed size (mod 2**32); if it disagrees with the size the
+    NIfTI header implies, the stream is decoded once to find out whether it is really whole.
+    """
+    with path.open('rb') as f:
+        if f.read(2) != b'\x1f\x8b':
+            raise PreprocessError('read', f'{str(path)!r} ends in .gz but is not gzip data')
+        f.seek(-4, 2)
+        trailer_size = int.from_bytes(f.read(4), 'little')
+    expected = _expected_nifti_bytes(header)
+    if expected is not None and trailer_size != expected % 2**32:
+        verify_gzip_stream(path)
+
+
+def verify_gzip_stream(path: str | Path) -> None:
+    """Decode a whole .gz once to prove it is complete."""
+    try:
+        with _gzip_open(path) as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise PreprocessError('read', f'{str(path)!r} is a truncated or corrupt gzip file: {exc}') from exc
+
+
+def _gzip_open(path: str | Path):
+    try:
+        from isal import igzip  # 2-3x faster than zlib; optional (`pip install ctclip[fast]`)
+
+        return igzip.open(path, 'rb')
+    except ImportError:
+        return gzip.open(path, 'rb')
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if 'Description' in ln or 'ERROR' in ln.upper()]
+    return (useful or lines or [type(exc).__name__])[-1][:300]
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(v) for v in text.replace('\\', ' ').replace(',', ' ').split()]
+
+
+def _slice_geometry(files: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Per-file position and the shared orientation, read from the headers only."""
+    reader = sitk.ImageFileReader()
+    positions, orientations, sizes = [], [], set()
+    for name in files:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise PreprocessError('read', f'{name!r} is not a readable DICOM file: {_first_line(exc)}') from exc
+        keys = set(reader.GetMetaDataKeys())
+        if _TAG_POSITION not in keys:
+            raise PreprocessError('read', f'{name!r} has no ImagePositionPatient (0020,0032)')
+        positions.append(_float_list(reader.GetMetaData(_TAG_POSITION)))
+        iop = reader.GetMetaData(_TAG_ORIENTATION) if _TAG_ORIENTATION in keys else '1\\0\\0\\0\\1\\0'
+        orientations.append(tuple(round(v, 4) for v in _float_list(iop)))
+        sizes.add(tuple(reader.GetSize()[:2]))
+    if len(set(orientations)) > 1:
+        raise PreprocessError('check', f'inconsistent DICOM series: {len(set(orientations))} different slice orientations')
+    if len(sizes) > 1:
+        raise PreprocessError('check', f'inconsistent DICOM series: slices of different sizes {sorted(sizes)}')
+    return np.asarray(positions, float), np.asarray(orientations[0], float), sizes.pop()
+
+
+def sort_slices(files: list[str], gap_tolerance: float = 0.25) -> tuple[list[str], float]:
+    """Sort by position along the slice normal; return the files and the z-step measured from them.
+
+    SliceThickness is not the spacing (it can be larger or smaller), so only positions count.
+    Duplicate positions and gaps (a step more than `gap_tolerance` off the median) are errors.
+    """
+    positions, iop, _ = _slice_geometry(files)
+    normal = np.cross(iop[:3], iop[3:])
+    along = positions @ normal
+    order = np.argsort(along, kind='stable')
+    along = along[order]
+    steps = np.diff(along)
+    if len(steps) == 0:
+        return [files[i] for i in order], 0.0
+    if np.any(steps < 1e-3):
+        dup = int(np.argmin(steps))
+        raise PreprocessError(
+            'check',
+            f'inconsistent DICOM series: duplicate slice position {along[dup]:.3f} mm '
+            f'({files[order[dup]]!r} and {files[order[dup + 1]]!r})',
+        )
+    step = float(np.median(steps))
+    bad = np.abs(steps - step) > gap_tolerance * step
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise PreprocessError(
+            'check',
+            f'inconsistent DICOM series: slice step {steps[i]:.3f} mm between positions '
+            f'{along[i]:.3f} and {along[i + 1]:.3f} differs from the median step {step:.3f} mm (a gap)',
+        )
+    return [files[i] for i in order], step
+
+
+def dicom_series(folder: str | Path) -> dict[str, list[str]]:
+    """Series instance UID -> file names, for one folder (not recursive)."""
+    folder = str(folder)
+    out = {}
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder):
+        out[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+    return out
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image:
+    """One DICOM series as a volume, sorted by position and spaced by the measured z-step."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PreprocessError('read', f'DICOM input {str(folder)!r} is not a folder')
+    series = dicom_series(folder)
+    if not series:
+        raise PreprocessError('read', f'{str(folder)!r} holds no DICOM series')
+    if series_uid is None:
+        if len(series) > 1:
+            raise PreprocessError(
+                'read', f'{str(folder)!r} holds {len(series)} DICOM series; name one: {sorted(series)}'
+            )
+        series_uid = next(iter(series))
+    if series_uid not in series:
+        raise PreprocessError('read', f'series {series_uid!r} is not in {str(folder)!r}; found {sorted(series)}')
+    files, step = sort_slices(series[series_uid])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise PreprocessError('read', f'cannot decode DICOM series in {str(folder)!r}: {_first_line(exc)}') from exc
+    if step > 0:
+        spacing = image.GetSpacing()
+        image.SetSpacing((spacing[0], spacing[1], step))
+    return _squeeze_to_3d(image, folder)
+
+
+def radchest_spacing(path: str | Path, default: float = RADCHEST_SPACING_MM) -> tuple[float, float, float]:
+    """Isotropic 0.8 mm unless a `spacing.json` beside the file (or one level up) says otherwise."""
+    path = Path(path)
+    for folder in (path.parent, path.parent.parent):
+        meta = folder / 'spacing.json'
+        if meta.is_file():
+            data = json.loads(meta.read_text())
+            value = data.get('spacing_zyx', data.get('spacing', data)) if isinstance(data, dict) else data
+            if isinstance(value, (int, float)):
+                return (float(value),) * 3  # type: ignore[return-value]
+            values = [float(v) for v in value]
+            if len(values) != 3:
+                raise PreprocessError('read', f'{str(meta)!r} must give 1 or 3 spacings, not {value!r}')
+            return tuple(values)  # type: ignore[return-value]
+    return (float(default),) * 3  # type: ignore[return-value]
+
+
+def read_npz(path: str | Path, spacing_zyx: tuple[float, float, float] | None = None) -> sitk.Image:
+    """A RAD-ChestCT `.npz`: key `ct`, HU, (z, y, x) already in LPS index order."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with np.load(path) as data:
+            if 'ct' not in data.files:
+                raise PreprocessError('read', f'{str(path)!r} has no key "ct" (keys: {data.files})')
+            array = data['ct']
+    except PreprocessError:
+        raise
+    except Exception as exc:  # zipfile/pickle/ValueError: anything that is not a readable npz
+        raise PreprocessError('read', f'{str(path)!r} is not a readable .npz file: {exc}') from exc
+    if array.ndim != 3:
+        raise PreprocessError('read', f'{str(path)!r} holds a {array.ndim}D array {array.shape}; expected 3D (z, y, x)')
+    image = sitk.GetImageFromArray(array)
+    spacing = spacing_zyx or radchest_spacing(path)
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    return image
+
+
+def read_volume(path: str | Path, fmt: str | None = None, **options: object) -> sitk.Image:
+    """Dispatch on `fmt` ('nifti', 'dicom', 'npz') or on the path."""
+    path = Path(path)
+    fmt = fmt or guess_format(path)
+    if fmt == 'nifti':
+        return read_nifti(path)
+    if fmt == 'dicom':
+        if path.is_file():
+            return _read_single_dicom(path)
+        return read_dicom_series(path, options.get('series_uid') or None)  # type: ignore[arg-type]
+    if fmt == 'npz':
+        return read_npz(path, options.get('spacing_zyx'))  # type: ignore[arg-type]
+    raise PreprocessError('read', f'unknown input format {fmt!r} for {str(path)!r}; use nifti, dicom or npz')
+
+
+def _read_single_dicom(path: Path) -> sitk.Image:
+    _check_file(path)
+    try:
+        return _squeeze_to_3d(sitk.ReadImage(str(path)), path)
+    except RuntimeError as exc:
+        raise PreprocessError('read', f'{str(path)!r} is not a readable DICOM file: {_first_line(exc)}') from exc
+
+
+def guess_format(path: Path) -> str:
+    name = path.name.lower()
+    if is_nifti(name):
+        return 'nifti'
+    if name.endswith('.npz'):
+        return 'npz'
+    if path.is_dir() or name.endswith('.dcm'):
+        return 'dicom'
+    raise PreprocessError('read', f'cannot tell the format of {str(path)!r}: expected .nii(.gz), .npz, .dcm or a folder')

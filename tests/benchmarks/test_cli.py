@@ -1,0 +1,59 @@
+"""`ctclip bench score|retrieval` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from benchmarks.tables import Table, write_table
+from ctclip.cli import main
+from llm_labeling.schema import FINDINGS
+
+
+def _files(tmp_path, n=60):
+    rng = np.random.default_rng(0)
+    ids = [f'valid_{i // 2}_a_{i % 2 + 1}.nii.gz' for i in range(n)]
+    y = (rng.random((n, 18)) < 0.3).astype(float)
+    write_table(Table(ids, list(FINDINGS), y), tmp_path / 'labels.csv')
+    write_table(Table(ids, list(FINDINGS), np.clip(0.5 * y + 0.5 * rng.random((n, 18)), 0, 1)), tmp_path / 'scores.csv')
+    img = rng.normal(size=(n, 8)) + y @ rng.normal(size=(18, 8))
+    np.save(tmp_path / 'img.npy', img)
+    np.save(tmp_path / 'txt.npy', img + rng.normal(size=img.shape))
+    return ids
+
+
+def test_bench_score_cli(tmp_path, capsys):
+    _files(tmp_path)
+    out = tmp_path / 'out'
+    code = main(['bench', 'score', '--scores', str(tmp_path / 'scores.csv'), '--labels', str(tmp_path / 'labels.csv'),
+                 '--out', str(out), '--unit', 'scan', '--n-bootstrap', '40', 'bootstrap.seed=3', '--no-plots'])
+    assert code == 0
+    data = json.loads((out / 'metrics.json').read_text())
+    assert data['classification']['n_items'] == 30  # scans
+    assert data['classification']['bootstrap'] == {'n_draws': 40, 'seed': 3, 'level': 0.95, 'unit': 'scan', 'interval': 'percentile'}
+    assert 'mean AUROC' in capsys.readouterr().out
+
+
+def test_bench_retrieval_cli_reference_flag(tmp_path):
+    _files(tmp_path)
+    args = ['bench', 'retrieval', '--image-emb', str(tmp_path / 'img.npy'), '--text-emb', str(tmp_path / 'txt.npy'),
+            '--labels', str(tmp_path / 'labels.csv'), '--n-bootstrap', '20', '--no-plots']
+    assert main([*args, '--out', str(tmp_path / 'ours')]) == 0
+    assert main([*args, '--out', str(tmp_path / 'ref'), '--reference']) == 0
+    ours = json.loads((tmp_path / 'ours' / 'metrics.json').read_text())['retrieval']
+    ref = json.loads((tmp_path / 'ref' / 'metrics.json').read_text())['retrieval']
+    assert ours['options']['protocol'] == 'corrected' and ref['options']['protocol'] == 'ctclip-reference'
+    assert ref['volume_to_volume']['map@1']['value'] > ours['volume_to_volume']['map@1']['value']
+
+
+def test_bench_config_file_and_errors(tmp_path, capsys):
+    _files(tmp_path)
+    cfg = tmp_path / 'b.yaml'
+    cfg.write_text('bootstrap:\n  n_draws: 10\nplots: false\n')
+    code = main(['bench', 'score', '--config', str(cfg), '--scores', str(tmp_path / 'scores.csv'),
+                 '--labels', str(tmp_path / 'labels.csv'), '--out', str(tmp_path / 'o')])
+    assert code == 0 and not (tmp_path / 'o' / 'roc_curves.png').exists()
+    code = main(['bench', 'score', '--scores', str(tmp_path / 'nope.csv'), '--labels', str(tmp_path / 'labels.csv'),
+                 '--out', str(tmp_path / 'o2')])
+    assert code == 2 and 'nope.csv' in capsys.readouterr().err

@@ -1,0 +1,363 @@
+"""Each loss term on small hand-checkable cases, plus a real 2-process gloo run of the gathered terms."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from ctclip.losses import (
+    ClipLoss,
+    EvidenceLoss,
+    MultiPositiveLoss,
+    create_loss,
+    masked_bce,
+    soft_jaccard,
+)
+
+
+def _features(n: int, e: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (
+        F.normalize(torch.randn(n, e, generator=g), dim=-1),
+        F.normalize(torch.randn(n, e, generator=g), dim=-1),
+    )
+
+
+# ---- masked BCE ----------------------------------------------------------------------------
+def test_masked_bce_ignores_uncertain_labels():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    targets = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 1.0]])
+    known = targets >= 0
+    expected = F.binary_cross_entropy_with_logits(logits[known], targets[known])
+    assert torch.allclose(masked_bce(logits, targets), expected)
+
+
+def test_masked_bce_changing_an_uncertain_logit_changes_nothing():
+    targets = torch.tensor([[1.0, -1.0]])
+    a = masked_bce(torch.tensor([[1.0, 5.0]]), targets)
+    b = masked_bce(torch.tensor([[1.0, -7.0]]), targets)
+    assert torch.equal(a, b)
+
+
+def test_masked_bce_uncertain_as_positive_keeps_unlabelled_rows_masked():
+    logits = torch.zeros(2, 2)
+    targets = torch.tensor([[1.0, -1.0], [-1.0, -1.0]])
+    value = masked_bce(logits, targets, uncertain='positive')
+    assert torch.allclose(value, torch.tensor(math.log(2.0)))  # only row 0, both entries as 1
+    logits = torch.tensor([[0.0, 4.0], [9.0, 9.0]])
+    expected = F.binary_cross_entropy_with_logits(logits[0], torch.ones(2))
+    assert torch.allclose(masked_bce(logits, targets, uncertain='positive'), expected)
+
+
+def test_masked_bce_row_mask_and_soft_pseudo_labels():
+    logits = torch.tensor([[0.3, -0.2], [5.0, 5.0]])
+    targets = torch.tensor([[0.7, 0.1], [0.0, 0.0]])
+    value = masked_bce(logits, targets, row_mask=torch.tensor([True, False]))
+    assert torch.allclose(value, F.binary_cross_entropy_with_logits(logits[0], targets[0]))
+
+
+def test_masked_bce_with_nothing_known_is_zero_and_keeps_the_graph():
+    logits = torch.zeros(2, 3, requires_grad=True)
+    value = masked_bce(logits, -torch.ones(2, 3))
+    value.backward()
+    assert value.item() == 0.0 and logits.grad is not None
+
+
+def test_bce_term_weights_pseudo_rows_and_adds_the_text_side():
+    loss = create_loss({'bce': {'weight': 2.0, 'pseudo_weight': 0.5, 'text': True}})
+    logits = torch.tensor([[1.0], [-1.0]])
+    batch = {
+        'image_labels': torch.tensor([[1.0], [1.0]]),
+        'image_labels_are_pseudo': torch.tensor([False, True]),
+        'text_labels': torch.tensor([[0.0], [-1.0]]),
+        'has_text': torch.tensor([True, True]),
+    }
+    out = loss({'image_logits': logits, 'text_logits': logits}, batch)
+    per = F.binary_cross_entropy_with_logits(logits[:, 0], torch.ones(2), reduction='none')
+    assert torch.allclose(out['bce'], (per[0] + 0.5 * per[1]) / 2)
+    assert torch.allclose(
+        out['bce_text'], F.binary_cross_entropy_with_logits(logits[0], torch.zeros(1))
+    )
+    assert torch.allclose(out['loss'], 2 * out['bce'] + 2 * out['bce_text'])
+
+
+def test_text_bce_uses_only_unpaired_reports_by_default():
+    loss = create_loss({'text_bce': 1.0})
+    logits = torch.tensor([[3.0], [-1.0]])
+    batch = {'text_labels': torch.ones(2, 1), 'paired': torch.tensor([True, False])}
+    out = loss({'text_logits': logits}, batch)
+    assert torch.allclose(
+        out['text_bce'], F.binary_cross_entropy_with_logits(logits[1], torch.ones(1))
+    )
+
+
+# ---- CLIP -----------------------------------------------------------------------------------
+def test_clip_loss_matches_symmetric_cross_entropy_over_paired_rows():
+    image, text = _features(5)
+    paired = torch.tensor([True, False, True, True, False])
+    out = ClipLoss()(
+        {'image_features': image, 'text_features': text, 'logit_scale': torch.tensor(10.0)},
+        {'paired': paired},
+    )
+    i, t = image[paired], text[paired]
+    logits = 10.0 * i @ t.T
+    labels = torch.arange(3)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    assert torch.allclose(out['clip'], expected)
+
+
+def test_clip_loss_without_pairs_is_zero():
+    image, text = _features(3)
+    outputs = {
+        'image_features': image.requires_grad_(),
+        'text_features': text,
+        'logit_scale': torch.tensor(5.0),
+    }
+    value = ClipLoss()(outputs, {'paired': torch.zeros(3, dtype=torch.bool)})['clip']
+    assert value.item() == 0.0
+    value.backward()
+
+
+def test_clip_loss_is_low_for_aligned_and_high_for_shuffled_pairs():
+    image, _ = _features(6)
+    outputs = {'image_features': image, 'text_features': image, 'logit_scale': torch.tensor(50.0)}
+    aligned = ClipLoss()(outputs, {})['clip']
+    shuffled = ClipLoss()({**outputs, 'text_features': image.roll(1, 0)}, {})['clip']
+    assert aligned < 0.01 < 1.0 < shuffled
+
+
+# ---- multi-positive ---------------------------------------------------------------------------
+def test_soft_jaccard_of_identical_and_empty_label_sets_is_one():
+    a = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    overlap = soft_jaccard(a, a)
+    assert torch.allclose(overlap.diagonal(), torch.ones(3))
+    assert overlap[0, 2] == pytest.approx(1 / 3)
+    assert overlap[1, 0] == 0.0
+
+
+def test_multi_positive_with_identical_labels_gives_equal_targets():
+    image, text = _features(4, seed=3)
+    labels = torch.tensor([[1.0, 0.0, 1.0]]).repeat(4, 1)
+    batch = {'image_labels': labels, 'text_labels': labels}
+    outputs = {'image_features': image, 'text_features': text, 'logit_scale': torch.tensor(7.0)}
+    value = MultiPositiveLoss()(outputs, batch)['multi_positive']
+    logits = 7.0 * image @ text.T
+    uniform = torch.full((4, 4), 0.25)
+    i2t = -(uniform * F.log_softmax(logits, 1)).sum(1).mean()
+    t2i = -(uniform * F.log_softmax(logits.T, 1)).sum(1).mean()
+    assert torch.allclose(value, (i2t + t2i) / 2)
+
+
+def test_multi_positive_reduces_to_clip_when_label_sets_are_disjoint():
+    image, text = _features(3, seed=4)
+    labels = torch.eye(3)
+    outputs = {'image_features': image, 'text_features': text, 'logit_scale': torch.tensor(4.0)}
+    batch = {'image_labels': labels, 'text_labels': labels}
+    mp_value = MultiPositiveLoss()(outputs, batch)['multi_positive']
+    assert torch.allclose(mp_value, ClipLoss()(outputs, batch)['clip'])
+
+
+def test_multi_positive_lets_unpaired_images_with_pseudo_labels_count():
+    image, text = _features(2, seed=5)
+    outputs = {
+        'image_features': image.requires_grad_(),
+        'text_features': text,
+        'logit_scale': torch.tensor(3.0),
+    }
+    batch = {
+        'image_labels': torch.tensor([[-1.0, -1.0], [0.9, 0.1]]),  # row 0 has no image labels
+        'text_labels': torch.tensor([[1.0, 0.0], [-1.0, -1.0]]),  # row 1 has no report labels
+        'has_image': torch.tensor([False, True]),
+        'has_text': torch.tensor([True, False]),
+        'paired': torch.tensor([False, False]),
+    }
+    value = MultiPositiveLoss()(outputs, batch)['multi_positive']
+    value.backward()
+    assert value.item() == pytest.approx(0.0, abs=1e-6)  # one query, one key: a 1x1 softmax
+    assert image.grad is not None
+
+
+# ---- evidence ---------------------------------------------------------------------------------
+def _evidence_case(tokens: torch.Tensor, evidence: torch.Tensor, prototypes: torch.Tensor):
+    b = tokens.shape[0]
+    outputs = {
+        'image_tokens': F.normalize(tokens, dim=-1),
+        'evidence_features': F.normalize(evidence, dim=-1),
+        'prototypes': F.normalize(prototypes, dim=-1),
+    }
+    batch = {
+        'evidence_mask': torch.ones(evidence.shape[:2], dtype=torch.bool),
+        'paired': torch.ones(b, dtype=torch.bool),
+    }
+    return outputs, batch
+
+
+def test_evidence_kl_is_zero_when_assignments_match():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 3, 8, generator=g)
+    outputs, batch = _evidence_case(tokens, tokens.clone(), torch.randn(4, 8, generator=g))
+    for direction in ('report_to_image', 'image_to_report'):
+        out = EvidenceLoss(kl_direction=direction)(outputs, batch)
+        assert out['evidence'].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evidence_kl_is_positive_when_assignments_differ_and_report_is_the_teacher():
+    prototypes = torch.eye(4, 8)
+    tokens = prototypes[0].expand(2, 3, 8).clone().requires_grad_()
+    evidence = prototypes[1].expand(2, 2, 8).clone().requires_grad_()
+    outputs, batch = _evidence_case(tokens, evidence, prototypes)
+    out = EvidenceLoss(entropy_weight=0.0)(outputs, batch)
+    assert out['evidence'].item() > 1.0
+    out['evidence'].backward()
+    assert tokens.grad is not None and torch.count_nonzero(tokens.grad) > 0
+    assert evidence.grad is None  # stop-grad: the report is the teacher
+
+
+def test_evidence_masks_empty_slots_and_unpaired_rows():
+    prototypes = torch.eye(4, 8)
+    tokens = prototypes[0].expand(2, 1, 8).clone()
+    evidence = torch.stack([prototypes[0], prototypes[3]]).expand(2, 2, 8).clone()
+    outputs, batch = _evidence_case(tokens, evidence, prototypes)
+    batch['evidence_mask'] = torch.tensor([[True, False], [True, True]])
+    batch['paired'] = torch.tensor([True, False])
+    out = EvidenceLoss(entropy_weight=0.0)(outputs, batch)
+    assert out['evidence'].item() == pytest.approx(
+        0.0, abs=1e-6
+    )  # row 0 matches; row 1 is unpaired
+
+
+def test_entropy_term_penalises_prototype_collapse():
+    k = 4
+    prototypes = torch.eye(k, 8)
+    collapsed = prototypes[0].expand(2, 4, 8).clone()
+    spread = prototypes.expand(2, 4, 8).clone()
+    loss = EvidenceLoss(temperature=0.01)
+    high = loss(*_evidence_case(collapsed, collapsed.clone(), prototypes))['evidence_entropy']
+    low = loss(*_evidence_case(spread, spread.clone(), prototypes))['evidence_entropy']
+    assert high.item() == pytest.approx(math.log(k), abs=1e-3)
+    assert low.item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_combined_evidence_total_uses_entropy_weight():
+    g = torch.Generator().manual_seed(2)
+    outputs, batch = _evidence_case(
+        torch.randn(2, 3, 8, generator=g),
+        torch.randn(2, 2, 8, generator=g),
+        torch.randn(5, 8, generator=g),
+    )
+    out = create_loss({'evidence': {'weight': 0.5, 'entropy_weight': 0.2}})(outputs, batch)
+    assert torch.allclose(out['loss'], 0.5 * out['evidence'] + 0.2 * out['evidence_entropy'])
+
+
+# ---- configuration ----------------------------------------------------------------------------
+def test_create_loss_validates_names_keys_and_choices():
+    with pytest.raises(ValueError, match="Unknown loss term 'klip'.*clip"):
+        create_loss({'klip': 1.0})
+    with pytest.raises(ValueError, match=r"loss.bce keys \['wieght'\]"):
+        create_loss({'bce': {'wieght': 1.0}})
+    with pytest.raises(ValueError, match='uncertain must be one of'):
+        create_loss({'bce': {'uncertain': 'maybe'}})
+    with pytest.raises(ValueError, match='kl_direction'):
+        create_loss({'evidence': {'kl_direction': 'sideways'}})
+    with pytest.raises(ValueError, match='at least one active term'):
+        create_loss({'clip': 0.0, 'bce': {'enabled': False}})
+
+
+def test_create_loss_skips_zero_weight_and_disabled_terms():
+    loss = create_loss({'bce': 1.0, 'clip': 0, 'multi_positive': {'enabled': False, 'weight': 1.0}})
+    assert loss.names == ['bce']
+
+
+def test_world_size_without_process_group_is_an_error():
+    loss = create_loss({'clip': 1.0}, rank=0, world_size=2)
+    image, text = _features(2)
+    with pytest.raises(RuntimeError, match='no process group'):
+        loss({'image_features': image, 'text_features': text, 'logit_scale': torch.tensor(1.0)}, {})
+
+
+# ---- two real processes ------------------------------------------------------------------------
+_CFG = {'clip': 1.0, 'multi_positive': 0.5}
+
+
+def _global_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n = 7
+    return {
+        'x_image': torch.randn(n, 6, generator=g),
+        'x_text': torch.randn(n, 5, generator=g),
+        'paired': torch.tensor([1, 1, 0, 1, 1, 0, 1]).bool(),
+        'has_image': torch.tensor([1, 1, 1, 1, 1, 0, 1]).bool(),
+        'has_text': torch.tensor([1, 1, 1, 1, 1, 1, 1]).bool(),
+        'image_labels': torch.randint(0, 2, (n, 4), generator=g).float(),
+        'text_labels': torch.randint(-1, 2, (n, 4), generator=g).float(),
+    }
+
+
+class _Towers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = torch.nn.Linear(6, 8)
+        self.text = torch.nn.Linear(5, 8)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, batch):
+        return {
+            'image_features': F.normalize(self.image(batch['x_image']), dim=-1),
+            'text_features': F.normalize(self.text(batch['x_text']), dim=-1),
+            'logit_scale': self.logit_scale.exp(),
+        }
+
+
+def _loss_and_grads(batch, rank: int = 0, world_size: int = 1):
+    model = _Towers()
+    values = create_loss(_CFG, rank, world_size)(model(batch), batch)
+    values['loss'].backward()
+    grads = []
+    for p in model.parameters():
+        grad = p.grad.clone()
+        if world_size > 1:  # what DeepSpeed / DDP do: average the gradients over ranks
+            dist.all_reduce(grad)
+            grad /= world_size
+        grads.append(grad.reshape(-1))
+    return {k: float(v.detach()) for k, v in values.items()}, torch.cat(grads)
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    try:
+        full = _global_batch()
+        part = slice(0, 4) if rank == 0 else slice(4, 7)  # unequal shards: 4 rows and 3 rows
+        batch = {k: v[part] for k, v in full.items()}
+        values, grads = _loss_and_grads(batch, rank, 2)
+        np.savez(
+            f'{out_dir}/rank{rank}.npz',
+            grads=grads.numpy(),
+            **{k: np.float64(v) for k, v in values.items()},
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_rank_gathered_losses_equal_one_rank_with_the_same_global_batch(tmp_path):
+    # fork: the spawn start method would re-import torch in each child (seconds on a busy machine)
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method='fork')
+    reference, ref_grads = _loss_and_grads(_global_batch())
+    for rank in (0, 1):
+        result = np.load(tmp_path / f'rank{rank}.npz')
+        for key in ('loss', 'clip', 'multi_positive'):
+            assert float(result[key]) == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
+        np.testing.assert_allclose(result['grads'], ref_grads.numpy(), rtol=1e-4, atol=1e-6)
