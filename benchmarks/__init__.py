@@ -14,8 +14,8 @@ from typing import Any
 _EXPORTS = {
     'run_ctrate': 'benchmarks.runner',
     'run_radchestct': 'benchmarks.runner',
-    'score_files': 'benchmarks.runner',
-    'retrieval_files': 'benchmarks.runner',
+    'score_files': 'benchmarks.files',
+    'retrieval_files': 'benchmarks.files',
     'score': 'benchmarks.scoring',
     'score_retrieval': 'benchmarks.scoring',
     'ScoringOptions': 'benchmarks.scoring',

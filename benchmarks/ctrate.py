@@ -69,6 +69,18 @@ def load_labels(path: str | Path) -> Table:
     return read_table(path, id_column=header[0], columns=present)
 
 
+def read_labels(path: str | Path) -> Table:
+    """Any label table: CT-RATE-style ones keep only their finding columns (text columns skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'Labels file {str(path)!r} does not exist')
+    with path.open(newline='') as f:
+        header = next(csv.reader(f), [])
+    if set(FINDINGS) & set(header):
+        return load_labels(path)
+    return read_table(path)
+
+
 def report_text(row: dict[str, str]) -> str:
     """Findings + Impressions, the text CT-RATE labels and retrieval use ('Not given.' dropped)."""
     parts = [(row.get(k) or '').strip() for k in REPORT_SECTIONS]

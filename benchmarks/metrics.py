@@ -60,17 +60,22 @@ def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = N
     """
     scores = np.asarray(scores, dtype=np.float64)
     positive, valid = _binary(labels)
-    w = _as_weights(len(scores), weights) * valid
+    w = _as_weights(len(scores), weights)
     order = np.argsort(scores, kind='stable')
     sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    w_sorted = w[:, order]
-    pos_sorted = positive[order]
-    wp = np.add.reduceat(w_sorted * pos_sorted, starts, axis=1)  # (B, groups) positive weight
-    wn = np.add.reduceat(w_sorted * ~pos_sorted, starts, axis=1)
-    neg_below = np.cumsum(wn, axis=1) - wn
-    num = np.sum(wp * (neg_below + 0.5 * wn), axis=1)
-    den = wp.sum(axis=1) * wn.sum(axis=1)
+    new = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(scores)]
+    # Items along axis 0 (N, B): cumulative sums and row gathers stay contiguous per draw.
+    wt = w.T[order] * valid[order][:, None]
+    pos = positive[order]
+    neg_cum = np.vstack([np.zeros((1, wt.shape[1])), np.cumsum(wt * ~pos[:, None], axis=0)])
+    rows = np.flatnonzero(pos)
+    wp = wt[rows]
+    # Negatives strictly below a positive count 1, tied ones 1/2: (below + below-or-tied) / 2.
+    num = 0.5 * np.sum(wp * (neg_cum[starts[group[rows]]] + neg_cum[ends[group[rows]]]), axis=0)
+    den = wp.sum(axis=0) * neg_cum[-1]
     with np.errstate(invalid='ignore', divide='ignore'):
         out = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
     return float(out[0]) if weights is None else out

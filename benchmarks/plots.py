@@ -62,9 +62,7 @@ def plot_auroc_bars(classification: dict, path: Path) -> Path:
     classes = classification['classes']
     entries = [classification['per_class'][c]['auroc'] for c in classes]
     values = np.array([_value(e) for e in entries])
-    lo = np.array([e.get('ci_low') if e.get('ci_low') is not None else np.nan for e in entries])
-    hi = np.array([e.get('ci_high') if e.get('ci_high') is not None else np.nan for e in entries])
-    err = np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)])
+    err = _errors(entries, values)
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(classes) + 1.2))
     y = np.arange(len(classes))[::-1]
     ax.barh(y, np.nan_to_num(values), xerr=err, color='#7aa6c2', ecolor='0.25', capsize=2)
@@ -82,52 +80,49 @@ def plot_auroc_bars(classification: dict, path: Path) -> Path:
     return out
 
 
+def _errors(entries: list[dict], values: np.ndarray) -> np.ndarray:
+    """(2, n) error-bar lengths from CI bounds; 0 where a bound is undefined."""
+    lo = np.array([np.nan if e.get('ci_low') is None else e['ci_low'] for e in entries])
+    hi = np.array([np.nan if e.get('ci_high') is None else e['ci_high'] for e in entries])
+    return np.vstack([np.nan_to_num(values - lo), np.nan_to_num(hi - values)])
+
+
+def _recall_panel(ax, block: dict, n_volumes: int) -> None:
+    ks = np.array(block['curve']['k'])
+    ax.plot(ks, block['curve']['recall'], color='#3b5b92', lw=1.5, label='model')
+    ax.plot(ks, np.minimum(ks / n_volumes, 1.0), '--', color='0.6', lw=1, label='chance')
+    for key in (k for k in block if k.startswith('recall@')):
+        k, v = int(key.split('@')[1]), _value(block[key])
+        ax.plot([k], [v], 'o', color='#c0392b', ms=4)
+        ax.annotate(
+            f'R@{k} {v:.3f}', (k, v), fontsize=7, xytext=(3, -10), textcoords='offset points'
+        )
+    ax.set_xscale('log')
+    ax.set(xlabel='K', ylabel='Recall@K', ylim=(0, 1))
+    ax.legend(fontsize=8, loc='upper left')
+    ax.set_title('Report → volume', fontsize=10)
+
+
+def _map_panel(ax, block: dict) -> None:
+    keys = [k for k in block if k.startswith('map@')]
+    values = np.array([_value(block[k]) for k in keys])
+    err = _errors([block[k] for k in keys], values)
+    ax.bar([k.upper() for k in keys], np.nan_to_num(values), yerr=err, color='#7aa6c2', capsize=3)
+    ax.set(ylim=(0, 1), ylabel='mean Jaccard of top-K')
+    ax.set_title('Volume → volume (CT-CLIP MAP@K)', fontsize=10)
+
+
 def plot_retrieval(retrieval: dict, path: Path) -> Path:
     """Recall@K curve (report->volume) and MAP@K bars (volume->volume), whichever exist."""
     plt = _pyplot()
     panels = [k for k in ('report_to_volume', 'volume_to_volume') if k in retrieval]
-    fig, axes = plt.subplots(
-        1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.6), squeeze=False
-    )
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
     for ax, panel in zip(axes.ravel(), panels, strict=False):
-        block = retrieval[panel]
         if panel == 'report_to_volume':
-            ax.plot(block['curve']['k'], block['curve']['recall'], color='#3b5b92', lw=1.5)
-            n = retrieval['n_volumes']
-            ks = np.array(block['curve']['k'])
-            ax.plot(ks, np.minimum(ks / n, 1.0), '--', color='0.6', lw=1, label='chance')
-            for key in (k for k in block if k.startswith('recall@')):
-                k = int(key.split('@')[1])
-                ax.plot([k], [_value(block[key])], 'o', color='#c0392b', ms=4)
-                ax.annotate(
-                    f'R@{k} {_value(block[key]):.3f}',
-                    (k, _value(block[key])),
-                    fontsize=7,
-                    xytext=(3, -10),
-                    textcoords='offset points',
-                )
-            ax.set_xscale('log')
-            ax.set_xlabel('K')
-            ax.set_ylabel('Recall@K')
-            ax.set_ylim(0, 1)
-            ax.legend(fontsize=8, loc='upper left')
-            ax.set_title('Report → volume', fontsize=10)
+            _recall_panel(ax, retrieval[panel], retrieval['n_volumes'])
         else:
-            keys = [k for k in block if k.startswith('map@')]
-            vals = np.array([_value(block[k]) for k in keys])
-            lo = np.array(
-                [block[k]['ci_low'] if block[k]['ci_low'] is not None else np.nan for k in keys]
-            )
-            hi = np.array(
-                [block[k]['ci_high'] if block[k]['ci_high'] is not None else np.nan for k in keys]
-            )
-            err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)])
-            ax.bar(
-                [k.upper() for k in keys], np.nan_to_num(vals), yerr=err, color='#7aa6c2', capsize=3
-            )
-            ax.set_ylim(0, 1)
-            ax.set_ylabel('mean Jaccard of top-K')
-            ax.set_title('Volume → volume (CT-CLIP MAP@K)', fontsize=10)
+            _map_panel(ax, retrieval[panel])
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

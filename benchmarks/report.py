@@ -32,7 +32,8 @@ METRIC_LABELS = {
     'specificity': 'Specificity',
 }
 CONVENTIONS = [
-    'AUROC per class (ties count 1/2); headline = unweighted mean over classes with both labels present.',
+    'AUROC per class (ties count 1/2); every headline mean is unweighted over the classes with both '
+    'label values present (the others are listed as undefined).',
     'Threshold per class chosen on the evaluated set: candidates linspace(0, 1, 100), prediction '
     'score > t (strict), minimising sqrt((1-TPR)^2 + FPR^2), ties to the larger t; re-chosen in every bootstrap draw.',
     "At that threshold: support-weighted F1 over classes 0 and 1 (sklearn average='weighted'), "
@@ -119,115 +120,123 @@ def headline(metrics: dict) -> dict[str, dict]:
     return out
 
 
-def _blocks(metrics: dict, images: dict[str, str]) -> list[tuple]:
+_PUBLISHED_KEYS = (
+    'ctrate_auroc',
+    'radchestct_auroc',
+    'report_to_volume_r100',
+    'volume_to_volume_map50',
+)
+_RETRIEVAL_OPTIONS = ('exclude', 'negative_queries', 'cumulative_k', 'ties', 'report_match')
+
+
+def _setup_blocks(metrics: dict) -> list[tuple]:
+    created = metrics.get('created', '-')
     blocks: list[tuple] = [('h1', metrics.get('title', 'Benchmark report'))]
-    blocks.append(
-        ('p', f'Protocol: {metrics.get("protocol", "-")}. Created {metrics.get("created", "-")}.')
-    )
-    if metrics.get('notes'):
-        blocks.extend(('p', n) for n in metrics['notes'])
+    blocks.append(('p', f'Protocol: {metrics.get("protocol", "-")}. Created {created}.'))
+    setup = []
+    if metrics.get('model'):
+        setup.append(f'model {metrics["model"]["dir"]} ({metrics["model"]["fingerprint"]})')
+    if metrics.get('mapping'):
+        setup.append(
+            f'RAD-ChestCT mapping {metrics["mapping"]["name"]}: {metrics["mapping"]["description"]}'
+        )
+    if metrics.get('prompts'):
+        pairs = '; '.join(f'"{p["positive"]}" / "{p["negative"]}"' for p in metrics['prompts'])
+        setup.append(f'prompts {pairs}')
+    if setup:
+        blocks.append(('p', 'Setup: ' + '. '.join(setup) + '.'))
+    blocks.extend(('p', n) for n in metrics.get('notes') or [])
     heads = headline(metrics)
     if heads:
         blocks.append(('h2', 'Headline numbers (95% bootstrap CI)'))
-        blocks.append(
-            ('table', ['metric', 'value [95% CI]'], [[k, fmt(v)] for k, v in heads.items()])
-        )
-    cls = metrics.get('classification')
-    if cls:
-        blocks.append(
-            (
-                'h2',
-                f'Zero-shot classification: {len(cls["classes"])} classes, {cls["n_items"]} items',
-            )
-        )
-        header = [
-            'class',
-            'n+',
-            'n-',
-            'AUROC',
-            'threshold',
-            *(METRIC_LABELS[m] for m in THRESHOLD_METRICS),
-        ]
-        rows = []
-        for name in cls['classes']:
-            e = cls['per_class'][name]
-            rows.append(
-                [
-                    name,
-                    e['n_positive'],
-                    e['n_negative'],
-                    fmt(e['auroc']),
-                    f'{e["threshold"]:.3f}',
-                    *(fmt(e[m]) for m in THRESHOLD_METRICS),
-                ]
-            )
-        blocks.append(('table', header, rows))
-        if cls['undefined_classes']:
-            blocks.append(
-                (
-                    'p',
-                    f'Undefined (one label value only), left out of the means: {", ".join(cls["undefined_classes"])}.',
-                )
-            )
-        for key in ('auroc_bars', 'roc'):
-            if key in images:
-                blocks.append(('img', images[key], key))
-    ret = metrics.get('retrieval')
-    if ret:
-        blocks.append(
-            (
-                'h2',
-                f'Retrieval ({ret["options"]["protocol"]} protocol, {ret["n_volumes"]} {ret["unit"]}s)',
-            )
-        )
-        rows = [
-            [f'{block} {k}', fmt(v)]
-            for block in ('report_to_volume', 'volume_to_volume')
-            for k, v in (ret.get(block) or {}).items()
-            if '@' in k
-        ]
+        rows = [[k, fmt(v)] for k, v in heads.items()]
         blocks.append(('table', ['metric', 'value [95% CI]'], rows))
-        opts = ret['options']
+    return blocks
+
+
+def _classification_blocks(cls: dict, images: dict[str, str]) -> list[tuple]:
+    title = f'Zero-shot classification: {len(cls["classes"])} classes, {cls["n_items"]} items'
+    header = ['class', 'n+', 'n-', 'AUROC', 'threshold']
+    header += [METRIC_LABELS[m] for m in THRESHOLD_METRICS]
+    rows = []
+    for name in cls['classes']:
+        e = cls['per_class'][name]
+        row = [name, e['n_positive'], e['n_negative'], fmt(e['auroc']), f'{e["threshold"]:.3f}']
+        rows.append(row + [fmt(e[m]) for m in THRESHOLD_METRICS])
+    blocks: list[tuple] = [('h2', title), ('table', header, rows)]
+    if cls['undefined_classes']:
+        names = ', '.join(cls['undefined_classes'])
+        blocks.append(('p', f'Undefined (one label value only), left out of the means: {names}.'))
+    opts = cls['options']
+    blocks.append(('p', f'Scored per {opts["unit"]}; uncertain labels: {opts["uncertain"]}.'))
+    blocks.extend(('img', images[k], k) for k in ('auroc_bars', 'roc') if k in images)
+    return blocks
+
+
+def _retrieval_blocks(ret: dict, images: dict[str, str]) -> list[tuple]:
+    opts = ret['options']
+    title = f'Retrieval ({opts["protocol"]} protocol, {ret["n_volumes"]} {ret["unit"]}s)'
+    rows = [
+        [f'{block} {k}', fmt(v)]
+        for block in ('report_to_volume', 'volume_to_volume')
+        for k, v in (ret.get(block) or {}).items()
+        if '@' in k
+    ]
+    options = ', '.join(f'{k}={opts[k]}' for k in _RETRIEVAL_OPTIONS)
+    blocks: list[tuple] = [('h2', title), ('table', ['metric', 'value [95% CI]'], rows)]
+    blocks.append(('p', f'Options: {options}.'))
+    trivial = [k for k in opts['recall_ks'] if k >= ret['n_volumes']]
+    if 'report_to_volume' in ret and trivial:
         blocks.append(
             (
                 'p',
-                'Options: '
-                + ', '.join(
-                    f'{k}={opts[k]}'
-                    for k in ('exclude', 'negative_queries', 'cumulative_k', 'ties', 'report_match')
-                ),
+                f'Recall@{trivial} cover the whole pool of {ret["n_volumes"]}: 1 by construction.',
             )
         )
-        if 'retrieval' in images:
-            blocks.append(('img', images['retrieval'], 'retrieval'))
-    blocks.append(('h2', 'Published results (their protocols, not recomputed)'))
-    blocks.append(('p', PUBLISHED_NOTE))
-    blocks.append(
-        (
-            'table',
-            ['model', 'CT-RATE AUROC %', 'RAD-ChestCT AUROC %', 'R@100 %', 'MAP@50 %'],
-            [
-                [
-                    r['model'],
-                    *(
-                        _pct(r[k])
-                        for k in (
-                            'ctrate_auroc',
-                            'radchestct_auroc',
-                            'report_to_volume_r100',
-                            'volume_to_volume_map50',
-                        )
-                    ),
-                ]
-                for r in metrics.get('published', published_rows())
-            ],
-        )
-    )
+    if 'retrieval' in images:
+        blocks.append(('img', images['retrieval'], 'retrieval'))
+    return blocks
+
+
+def _this_run_row(metrics: dict) -> list[str] | None:
+    """Our numbers in the published table's columns, for a model run on a known benchmark."""
+    column = {'ct-rate': 0, 'rad-chestct': 1}.get(metrics.get('benchmark', ''))
+    cls = metrics.get('classification')
+    if column is None or not cls:
+        return None
+    row = ['this run (our protocol, above)', '-', '-', '-', '-']
+    row[1 + column] = fmt(cls['macro']['auroc'], pct=True)
+    ret = metrics.get('retrieval') or {}
+    if 'recall@100' in (ret.get('report_to_volume') or {}):
+        row[3] = fmt(ret['report_to_volume']['recall@100'], pct=True)
+    if 'map@50' in (ret.get('volume_to_volume') or {}):
+        row[4] = fmt(ret['volume_to_volume']['map@50'], pct=True)
+    return row
+
+
+def _published_blocks(metrics: dict) -> list[tuple]:
+    header = ['model', 'CT-RATE AUROC %', 'RAD-ChestCT AUROC %', 'R@100 %', 'MAP@50 %']
+    rows = metrics.get('published', published_rows())
+    table = [[r['model'], *(_pct(r[k]) for k in _PUBLISHED_KEYS)] for r in rows]
+    ours = _this_run_row(metrics)
+    return [
+        ('h2', 'Published results (their protocols, not recomputed)'),
+        ('p', PUBLISHED_NOTE),
+        ('table', header, table + ([ours] if ours else [])),
+    ]
+
+
+def _blocks(metrics: dict, images: dict[str, str]) -> list[tuple]:
+    blocks = _setup_blocks(metrics)
+    if metrics.get('classification'):
+        blocks += _classification_blocks(metrics['classification'], images)
+    if metrics.get('retrieval'):
+        blocks += _retrieval_blocks(metrics['retrieval'], images)
+    blocks += _published_blocks(metrics)
     blocks.append(('h2', 'Conventions'))
     blocks.extend(('li', c) for c in CONVENTIONS)
-    blocks.append(
-        ('p', 'Versions: ' + ', '.join(f'{k} {v}' for k, v in metrics.get('versions', {}).items()))
-    )
+    versions_text = ', '.join(f'{k} {v}' for k, v in metrics.get('versions', {}).items())
+    blocks.append(('p', f'Versions: {versions_text}'))
     return blocks
 
 

@@ -1,4 +1,4 @@
-"""Benchmark runs from a config dict: a model over CT-RATE or RAD-ChestCT, or score files alone.
+"""Model benchmark runs from a config dict: a model over CT-RATE or RAD-ChestCT.
 
 Each `run_*` returns the metrics dict it also wrote to `out/metrics.json` (with report.md,
 report.html and the PNGs). The model runners save image embeddings chunk by chunk and the
@@ -8,200 +8,34 @@ per-volume scores (`scores.csv`), so a killed run resumes and any run can be re-
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from benchmarks import ctrate, prompts, radchestct
-from benchmarks.bootstrap import BootstrapConfig
 from benchmarks.embeddings import EmbeddingStore, model_fingerprint
+from benchmarks.files import match_ids, retrieval_files, score_files
 from benchmarks.report import write_report
-from benchmarks.retrieval import RetrievalOptions
 from benchmarks.scoring import ScoringOptions, score, score_retrieval
+from benchmarks.settings import (
+    DEFAULTS,
+    bootstrap_config,
+    metrics_header,
+    require,
+    retrieval_options,
+    scoring_options,
+    with_defaults,
+)
 from benchmarks.tables import Table, normalise_id, read_table, write_table
 from llm_labeling.schema import FINDINGS
 
 _logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
-    'model': None,
-    'data': None,  # CT-RATE root, or a cache (.h5)
-    'cache': None,  # explicit cache when `data` is a CT-RATE root
-    'labels': None,
-    'reports': None,
-    'split': 'valid',
-    'mapping': 'ctclip16',
-    'out': None,
-    'limit': None,  # score only the first N labelled volumes (smoke runs)
-    'allow_missing': False,
-    'zero_shot': {'templates': list(prompts.DEFAULT_TEMPLATES), 'class_prompts': {}},
-    'scoring': {'unit': 'volume', 'scan_aggregate': 'mean', 'uncertain': 'exclude'},
-    'retrieval': {
-        'enabled': True,
-        'reference': False,  # reproduce CT-CLIP's scripts, quirks included
-        'exclude': 'self',
-        'negative_queries': 'skip',
-        'cumulative_k': False,
-        'ties': 'pessimistic',
-        'report_match': 'volume',
-        'unit': 'volume',
-    },
-    'bootstrap': {'n_draws': 1000, 'seed': 0, 'level': 0.95, 'unit': 'scan'},
-    'embed': {'batch_size': 4, 'chunk_size': 64},
-    'plots': True,
-}
-
-
-def _require(cfg: dict, key: str, hint: str) -> Any:
-    if cfg.get(key) in (None, ''):
-        raise ValueError(f'{key} must be set ({hint})')
-    return cfg[key]
-
-
-def bootstrap_config(cfg: dict) -> BootstrapConfig:
-    b = cfg.get('bootstrap') or {}
-    return BootstrapConfig(
-        int(b.get('n_draws', 1000)),
-        int(b.get('seed', 0)),
-        float(b.get('level', 0.95)),
-        b.get('unit', 'scan'),
-    )
-
-
-def scoring_options(cfg: dict) -> ScoringOptions:
-    s = cfg.get('scoring') or {}
-    return ScoringOptions(
-        s.get('unit', 'volume'),
-        s.get('scan_aggregate', 'mean'),
-        s.get('uncertain', 'exclude'),
-        bool(cfg.get('allow_missing', False)),
-    )
-
-
-def retrieval_options(cfg: dict) -> RetrievalOptions:
-    r = dict(cfg.get('retrieval') or {})
-    fields = (
-        'exclude',
-        'negative_queries',
-        'cumulative_k',
-        'ties',
-        'report_match',
-        'recall_ks',
-        'map_ks',
-        'chunk_size',
-    )
-    given = {k: r[k] for k in fields if k in r}
-    if r.get('reference'):
-        # The reference preset wins over the corrected defaults, not over explicit choices.
-        defaults = DEFAULTS['retrieval']
-        explicit = {k: v for k, v in given.items() if k not in defaults or v != defaults[k]}
-        return RetrievalOptions.reference(**explicit)
-    return RetrievalOptions(**given)
-
-
-def _with_defaults(cfg: dict) -> dict:
-    from ctclip.config import merge
-
-    return merge(DEFAULTS, cfg or {})
-
-
-def _metrics_header(cfg: dict, title: str, protocol: str) -> dict:
-    return {'title': title, 'protocol': protocol, 'options': copy.deepcopy(cfg), 'notes': []}
-
-
-# ---------------------------------------------------------------- scoring files only
-
-
-def score_files(cfg: dict) -> dict:
-    """`ctclip bench score`: a scores CSV against a labels CSV (optionally a RAD-ChestCT mapping)."""
-    cfg = _with_defaults(cfg)
-    out = Path(_require(cfg, 'out', '--out DIR'))
-    scores = read_table(_require(cfg, 'scores', '--scores scores.csv'))
-    labels = read_table(_require(cfg, 'labels', '--labels labels.csv'))
-    metrics = _metrics_header(
-        cfg, 'Zero-shot classification (scored from files)', 'ctclip-zero-shot'
-    )
-    classes = None
-    if cfg.get('mapping') and radchestct.is_raw_table(labels):
-        mapping = radchestct.get_mapping(cfg['mapping'])
-        labels = radchestct.map_labels(labels, mapping)
-        if not set(mapping.class_names) <= set(scores.columns):
-            scores = radchestct.map_scores(scores, mapping)
-        metrics['mapping'] = mapping.as_dict()
-        classes = mapping.class_names
-    metrics['classification'] = score(
-        scores, labels, classes, scoring_options(cfg), bootstrap_config(cfg)
-    )
-    write_report(metrics, out, plots_enabled=bool(cfg.get('plots', True)))
-    return metrics
-
-
-def _load_matrix(path: str | os.PathLike, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{what} file {str(path)!r} does not exist')
-    array = np.load(path)
-    if isinstance(array, np.lib.npyio.NpzFile):
-        array = array[array.files[0]]
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 3 and array.shape[1] == 1:  # CT-CLIP saves (N, 1, E)
-        array = array[:, 0]
-    if array.ndim != 2:
-        raise ValueError(f'{path}: {what} must be (N, E), not shape {array.shape}')
-    return array
-
-
-def retrieval_files(cfg: dict) -> dict:
-    """`ctclip bench retrieval`: embeddings (.npy/.npz, rows = volumes) plus labels and optional ids."""
-    cfg = _with_defaults(cfg)
-    out = Path(_require(cfg, 'out', '--out DIR'))
-    image = _load_matrix(_require(cfg, 'image_emb', '--image-emb img.npy'), 'image embeddings')
-    text = _load_matrix(cfg['text_emb'], 'text embeddings') if cfg.get('text_emb') else None
-    labels = ctrate.load_labels(cfg['labels']) if cfg.get('labels') else None
-    if cfg.get('ids'):
-        ids = [line.strip() for line in Path(cfg['ids']).read_text().splitlines() if line.strip()]
-    elif labels is not None:
-        ids = labels.ids
-    else:
-        ids = [str(i) for i in range(len(image))]
-    if len(ids) != len(image):
-        raise ValueError(
-            f'{len(image)} embedding rows but {len(ids)} ids (from --ids or the labels CSV); they must match'
-        )
-    lab = labels.select(ids=_match_ids(labels, ids)).values if labels is not None else None
-    metrics = _metrics_header(cfg, 'Retrieval (scored from files)', 'ctclip-retrieval')
-    metrics['retrieval'] = score_retrieval(
-        image,
-        text,
-        lab,
-        ids,
-        retrieval_options(cfg),
-        bootstrap_config(cfg),
-        cfg['retrieval'].get('unit', 'volume'),
-    )
-    write_report(metrics, out, plots_enabled=bool(cfg.get('plots', True)))
-    return metrics
-
-
-def _match_ids(table: Table, ids: list[str]) -> list[str]:
-    """Table ids for `ids`, matching with or without the file extension."""
-    where = {normalise_id(i): i for i in table.ids}
-    missing = [i for i in ids if normalise_id(i) not in where]
-    if missing:
-        raise ValueError(f'{table.source}: {len(missing)} ids have no labels, e.g. {missing[:5]}')
-    return [where[normalise_id(i)] for i in ids]
-
-
-# ---------------------------------------------------------------- model runners
-
 
 def _resolve_ctrate(cfg: dict) -> tuple[Path, Path, Path | None, set[str]]:
     """(cache, labels, reports or None, non-chest ids) from `data` / `cache` / `labels` / `reports`."""
-    data = Path(_require(cfg, 'data', '--data: a CT-RATE root or a cache .h5'))
+    data = Path(require(cfg, 'data', '--data: a CT-RATE root or a cache .h5'))
     split = cfg.get('split', 'valid')
     root = data if data.is_dir() else None
     cache = (
@@ -239,8 +73,10 @@ def _find_cache(root: Path) -> Path:
             else f'{len(found)} caches ({[p.name for p in found[:4]]})'
         )
         raise FileNotFoundError(
-            f'{what} in {root}: preprocess the CT-RATE tree first (ctclip preprocess ...; shards '
-            'merged into one file) and pass --data cache.h5, or name it with --cache'
+            f'{what} in {root}: preprocess the validation volumes first, e.g. '
+            f'`ctclip preprocess --input {root}/dataset/valid_fixed --out {root}/cache.h5 '
+            f'--metadata {root}/dataset/metadata/validation_metadata.csv` (merge shards into one '
+            'file), then pass --data cache.h5 or --cache'
         )
     return found[0]
 
@@ -262,16 +98,26 @@ def _select_ids(labels: Table, cache_ids: list[str], cfg: dict, drop: set[str]) 
     return ids
 
 
+def _eval_crop(cfg: dict, cache) -> tuple[int, int, int]:
+    """`embed.crop_zyx`, else the cache recipe's evaluation crop (a centre crop)."""
+    if cfg['embed'].get('crop_zyx'):
+        return tuple(int(v) for v in cfg['embed']['crop_zyx'])
+    crop = cache.recipe.crop_zyx
+    return tuple(int(v) for v in (crop() if callable(crop) else crop))
+
+
 def _embed_images(model, cache, ids: list[str], cfg: dict, out: Path) -> np.ndarray:
     from ctclip import inference
 
     store = EmbeddingStore(
         out / 'embeddings', model_fingerprint(cfg['model']), int(cfg['embed']['chunk_size'])
     )
-    batch = int(cfg['embed']['batch_size'])
+    batch, crop = int(cfg['embed']['batch_size']), _eval_crop(cfg, cache)
     return store.compute(
         ids,
-        lambda chunk: inference.embed_volumes(model, cache, chunk, batch_size=batch),
+        lambda chunk: inference.embed_volumes(
+            model, cache, chunk, batch_size=batch, crop_zyx=crop, progress=False
+        ),
         'embedding volumes',
     )
 
@@ -281,8 +127,9 @@ def _zero_shot(model, image_emb: np.ndarray, ids: list[str], cfg: dict, out: Pat
 
     pairs = prompts.resolve_templates(cfg['zero_shot'].get('templates'))
     phrases = prompts.class_phrases(FINDINGS, cfg['zero_shot'].get('class_prompts'))
+    ensemble = cfg['zero_shot'].get('ensemble', 'embedding')
     scores = np.asarray(
-        inference.zero_shot_scores(model, image_emb, phrases, pairs if len(pairs) > 1 else pairs[0])
+        inference.zero_shot_scores(model, image_emb, phrases, pairs, ensemble=ensemble)
     )
     if scores.shape != (len(ids), len(FINDINGS)):
         raise ValueError(
@@ -313,7 +160,7 @@ def _ctrate_retrieval(
             'Report->volume retrieval skipped: no reports CSV (pass --reports).'
         )
     text_emb = np.asarray(inference.embed_texts(model, texts), dtype=np.float32) if texts else None
-    lab = labels.select(ids=_match_ids(labels, ids)).values
+    lab = labels.select(ids=match_ids(labels, ids)).values
     return score_retrieval(
         image_emb,
         text_emb,
@@ -335,10 +182,20 @@ def _run_model(cfg: dict, labels: Table, cache_path: Path, drop: set[str]):
     cache = open_cache(cache_path)
     ids = _select_ids(labels, cache.ids(), cfg, drop)
     _logger.info('benchmarking %d volumes from %s', len(ids), cache_path)
-    model = inference.load_model(_require(cfg, 'model', '--model DIR (an exported model folder)'))
+    model_dir = require(cfg, 'model', '--model DIR (an exported model folder)')
+    model = inference.load_model(model_dir, device=_device(cfg.get('device', 'auto')))
     image_emb = _embed_images(model, cache, ids, cfg, out)
     scores = _zero_shot(model, image_emb, ids, cfg, out)
     return model, ids, image_emb, scores
+
+
+def _device(name: str) -> str:
+    """'auto' is the GPU when there is one; embedding 3,039 CTs on a CPU takes hours."""
+    import torch
+
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return name
 
 
 def _model_info(cfg: dict) -> dict:
@@ -347,14 +204,15 @@ def _model_info(cfg: dict) -> dict:
 
 def run_ctrate(cfg: dict) -> dict:
     """Zero-shot over the 18 CT-RATE classes plus both retrievals; writes the report to `out`."""
-    cfg = _with_defaults(cfg)
-    _require(cfg, 'out', '--out DIR')
+    cfg = with_defaults(cfg)
+    require(cfg, 'out', '--out DIR')
     cache_path, labels_csv, reports, no_chest = _resolve_ctrate(cfg)
     labels = ctrate.load_labels(labels_csv)
     model, ids, image_emb, scores = _run_model(cfg, labels, cache_path, no_chest)
-    metrics = _metrics_header(
+    metrics = metrics_header(
         cfg, f'CT-RATE {cfg["split"]} benchmark', 'ctclip-zero-shot + ctclip-retrieval'
     )
+    metrics['benchmark'] = 'ct-rate'
     metrics.update(
         model=_model_info(cfg),
         prompts=prompts.describe(prompts.resolve_templates(cfg['zero_shot']['templates'])),
@@ -395,23 +253,24 @@ def _save_embeddings_for_rescoring(cfg: dict, ids: list[str], image_emb: np.ndar
 
 def run_radchestct(cfg: dict) -> dict:
     """Zero-shot on RAD-ChestCT under a named class mapping (`ctclip16`, `hlip`, `hlip14`)."""
-    cfg = _with_defaults(cfg)
-    _require(cfg, 'out', '--out DIR')
+    cfg = with_defaults(cfg)
+    require(cfg, 'out', '--out DIR')
     mapping = radchestct.get_mapping(cfg.get('mapping') or 'ctclip16')
     raw = read_table(
-        _require(cfg, 'labels', '--labels imgtest.csv (raw) or a mapped CSV'),
+        require(cfg, 'labels', '--labels imgtest.csv (raw) or a mapped CSV'),
         id_column=radchestct.ID_COLUMN,
     )
     labels = radchestct.map_labels(raw, mapping)
-    cache_path = Path(_require(cfg, 'data', '--data cache.h5'))
+    cache_path = Path(require(cfg, 'data', '--data cache.h5'))
     model, ids, image_emb, scores = _run_model(cfg, labels, cache_path, set())
     mapped = radchestct.map_scores(scores, mapping)
     write_table(mapped, Path(cfg['out']) / 'scores_mapped.csv', id_column=radchestct.ID_COLUMN)
-    metrics = _metrics_header(
+    metrics = metrics_header(
         cfg,
         f'RAD-ChestCT benchmark ({mapping.name} mapping)',
         f'ctclip-zero-shot / rad-chestct-{mapping.name}',
     )
+    metrics['benchmark'] = 'rad-chestct'
     metrics.update(
         model=_model_info(cfg),
         mapping=mapping.as_dict(),

@@ -22,6 +22,7 @@ from benchmarks.bootstrap import (
     unit_index,
     weighted_mean_draws,
 )
+from benchmarks.ctrate import read_labels
 from benchmarks.retrieval import RetrievalOptions, report_ranks, volume_map_values
 from benchmarks.tables import Table, align, read_table, scan_id
 
@@ -58,7 +59,7 @@ def as_table(data: Any, what: str) -> Table:
     if isinstance(data, Table):
         return data
     if isinstance(data, (str, os.PathLike)):
-        return read_table(data)
+        return read_labels(data) if what == 'labels' else read_table(data)
     if hasattr(data, 'columns') and hasattr(data, 'to_numpy'):
         cols = [str(c) for c in data.columns]
         arr = data.to_numpy()
@@ -77,22 +78,39 @@ def _apply_uncertain(values: np.ndarray, how: str) -> np.ndarray:
     return out
 
 
+def _reduce_rows(values: np.ndarray, index: np.ndarray, n: int, how: str) -> np.ndarray:
+    """Per-group mean, max or min of rows; NaN cells are ignored (NaN where a group has none)."""
+    values = np.asarray(values, dtype=np.float64)
+    if how == 'mean':
+        ok = ~np.isnan(values)
+        sums = np.zeros((n, values.shape[1]))
+        np.add.at(sums, index, np.where(ok, values, 0.0))
+        counts = np.zeros((n, values.shape[1]))
+        np.add.at(counts, index, ok)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    out = np.full((n, values.shape[1]), np.nan)
+    (np.fmax if how == 'max' else np.fmin).at(out, index, values)
+    return out
+
+
 def group_by_scan(table: Table, aggregate: str, what: str) -> Table:
     """One row per scan: reconstructions' values combined (labels: max, and a warning if they differ)."""
     index, scans = unit_index([scan_id(i) for i in table.ids])
-    out = np.full((len(scans), len(table.columns)), np.nan)
-    for k in range(len(scans)):
-        block = table.values[index == k]
-        if what == 'labels':
-            if np.any(np.nanmax(block, 0) != np.nanmin(block, 0)):
-                _logger.warning(
-                    'reconstructions of scan %s disagree on labels; using max', scans[k]
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore', RuntimeWarning)
-                out[k] = np.nanmax(block, axis=0)
-        else:
-            out[k] = block.max(0) if aggregate == 'max' else block.mean(0)
+    if what == 'labels':
+        out = _reduce_rows(table.values, index, len(scans), 'max')
+        low = _reduce_rows(table.values, index, len(scans), 'min')
+        differ = [
+            scans[k] for k in np.flatnonzero(np.any(out != low, axis=1) & ~np.isnan(out).all(1))
+        ]
+        if differ:
+            _logger.warning(
+                '%d scans have reconstructions that disagree on labels (e.g. %s); using max',
+                len(differ),
+                differ[0],
+            )
+    else:
+        out = _reduce_rows(table.values, index, len(scans), aggregate)
     return Table(scans, table.columns, out, table.source)
 
 
@@ -210,13 +228,18 @@ def _classification_result(
         _logger.warning(
             'AUROC undefined (one label value only) for %s; left out of the means', undefined
         )
-    macro = {m: summarise(_macro(point[m])[0], _macro(draws[m]), level) for m in names}
+    # Every mean runs over the same classes: those with both label values in the evaluated set.
+    keep = np.array([name not in undefined for name in classes])
+    macro = {
+        m: summarise(_macro(point[m][:, keep])[0], _macro(draws[m][:, keep]), level) for m in names
+    }
     return {
         'protocol': PROTOCOL,
         'n_items': len(labels),
         'n_resampling_units': n_units,
         'classes': classes,
         'undefined_classes': undefined,
+        'n_classes_in_means': int(keep.sum()),
         'per_class': per_class,
         'macro': macro,
         'options': asdict(options),
@@ -231,15 +254,12 @@ def _classification_result(
 
 
 def _group_embeddings(ids: list[str], image: np.ndarray, text: np.ndarray | None, labels):
+    """Per scan: mean image embedding, the first reconstruction's report, max of the labels."""
     index, scans = unit_index([scan_id(i) for i in ids])
-    img = np.stack([image[index == k].mean(0) for k in range(len(scans))])
-    first = np.array([np.flatnonzero(index == k)[0] for k in range(len(scans))])
-    txt = None if text is None else text[first]
-    lab = (
-        None
-        if labels is None
-        else np.stack([np.nanmax(labels[index == k], 0) for k in range(len(scans))])
-    )
+    img = _reduce_rows(image, index, len(scans), 'mean').astype(np.float32)
+    first = np.unique(index, return_index=True)[1]
+    txt = None if text is None else np.asarray(text)[first]
+    lab = None if labels is None else _reduce_rows(labels, index, len(scans), 'max')
     return scans, img, txt, lab
 
 
@@ -277,26 +297,34 @@ def score_retrieval(
     }
     if text_emb is not None:
         ranks = report_ranks(image_emb, text_emb, options, units=scans)
-        ok = np.ones(len(ranks), dtype=bool)
-        block = {'n_queries': len(ranks)}
-        for k in options.recall_ks:
-            hits = (ranks < k).astype(np.float64)
-            block[f'recall@{k}'] = summarise(
-                hits.mean(), weighted_mean_draws(hits, ok, index, counts), bootstrap.level
-            )
-        top = min(len(ranks), max(100, options.recall_ks[-1]))
-        curve = np.cumsum(np.bincount(np.minimum(ranks, top), minlength=top + 1))[:top] / len(ranks)
-        block['curve'] = {'k': list(range(1, top + 1)), 'recall': curve.round(5).tolist()}
-        out['report_to_volume'] = block
+        out['report_to_volume'] = _recall_block(ranks, options, index, counts, bootstrap.level)
     if labels is not None:
         values, valid = volume_map_values(image_emb, labels, options, units=scans)
-        block = {
-            'n_queries': int(valid.sum()),
-            'n_candidates': int((np.asarray(labels) == 1).any(1).sum()),
-        }
-        for j, k in enumerate(options.map_ks):
-            point = values[valid, j].mean() if valid.any() else np.nan
-            draws = weighted_mean_draws(values[:, j], valid, index, counts)
-            block[f'map@{k}'] = summarise(point, draws, bootstrap.level)
+        block = _map_block(values, valid, options, index, counts, bootstrap.level)
+        block['n_candidates'] = int((np.asarray(labels) == 1).any(1).sum())
         out['volume_to_volume'] = block
     return out
+
+
+def _recall_block(ranks, options: RetrievalOptions, index, counts, level: float) -> dict:
+    """Recall@K with CIs, plus the whole Recall@K curve up to K = 100 for the plot."""
+    ok = np.ones(len(ranks), dtype=bool)
+    block: dict = {'n_queries': len(ranks)}
+    for k in options.recall_ks:
+        hits = (ranks < k).astype(np.float64)
+        block[f'recall@{k}'] = summarise(
+            hits.mean(), weighted_mean_draws(hits, ok, index, counts), level
+        )
+    top = min(len(ranks), max(100, options.recall_ks[-1]))
+    curve = np.cumsum(np.bincount(np.minimum(ranks, top), minlength=top + 1))[:top] / len(ranks)
+    block['curve'] = {'k': list(range(1, top + 1)), 'recall': curve.round(5).tolist()}
+    return block
+
+
+def _map_block(values, valid, options: RetrievalOptions, index, counts, level: float) -> dict:
+    block: dict = {'n_queries': int(valid.sum())}
+    for j, k in enumerate(options.map_ks):
+        point = values[valid, j].mean() if valid.any() else np.nan
+        draws = weighted_mean_draws(values[:, j], valid, index, counts)
+        block[f'map@{k}'] = summarise(point, draws, level)
+    return block

@@ -93,7 +93,7 @@ def embed_volumes(
     if missing:
         raise KeyError(f'{len(missing)} volume ids are not in the cache, e.g. {missing[:3]}')
     recipe = cache.recipe
-    size = tuple(int(s) for s in (crop_zyx or recipe.crop_zyx()))
+    size = tuple(int(s) for s in (crop_zyx or recipe.crop_zyx))
     window = _window(recipe)
     model.eval()
     rows, pending = [], []
@@ -130,26 +130,25 @@ def embed_texts(model: CTClip, texts: Sequence[str], batch_size: int = 64) -> np
 
 def parse_templates(templates: Any) -> list[tuple[str, str]]:
     """A pair `(pos, neg)`, a name from ZERO_SHOT_TEMPLATES, or a list of either -> list of pairs."""
+    usage = "templates must be a (positive, negative) pair with '{c}', a name or a list of them"
     if isinstance(templates, str):
         if templates not in ZERO_SHOT_TEMPLATES:
             raise ValueError(
                 f"Unknown template set '{templates}'. Valid: {sorted(ZERO_SHOT_TEMPLATES)}"
             )
         return [ZERO_SHOT_TEMPLATES[templates]]
-    if (
-        isinstance(templates, Sequence)
-        and len(templates) == 2
-        and all(isinstance(t, str) for t in templates)
-        and all('{c}' in t for t in templates)
-    ):
+    if not isinstance(templates, Sequence) or not templates:
+        raise ValueError(f'{usage}, not {templates!r}')
+    is_pair = len(templates) == 2 and all(isinstance(t, str) for t in templates)
+    if is_pair and not all(t in ZERO_SHOT_TEMPLATES for t in templates):
+        missing = [t for t in templates if '{c}' not in t]
+        if missing:
+            raise ValueError(f"{usage}, not {tuple(templates)!r}: {missing} has no '{{c}}'")
         return [(templates[0], templates[1])]
-    if isinstance(templates, Sequence) and templates and not isinstance(templates, str):
-        pairs = []
-        for item in templates:
-            pairs.extend(parse_templates(item))
-        return pairs
-    message = f"templates must be a (positive, negative) pair with '{{c}}', a name or a list of them, not {templates!r}"
-    raise ValueError(message)
+    pairs = []
+    for item in templates:
+        pairs.extend(parse_templates(item))
+    return pairs
 
 
 def _class_text_embeddings(model: CTClip, class_names: Sequence[str], template: str) -> np.ndarray:
@@ -234,7 +233,7 @@ def classify_volume(
         from preprocessing.pipeline import process_row
 
         hu, _ = process_row({'path': str(Path(path_or_array))}, recipe)
-    window, size = _window(recipe), recipe.crop_zyx()
+    window, size = _window(recipe), recipe.crop_zyx
     start = crop_start(hu.shape, size, None)
     crop = hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
     volume = window(pad_to(np.asarray(crop), size, window.pad_value_hu))

@@ -61,7 +61,9 @@ class ResponseCache:
             self._db.execute('PRAGMA synchronous=NORMAL')
             self._db.execute(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            raise ValueError(f'Response cache {str(self.path)!r} is not a usable SQLite file: {e}')
+            raise ValueError(
+                f'Response cache {str(self.path)!r} is not a usable SQLite file: {e}'
+            ) from e
         self.hits = 0
 
     def key(self, text: str) -> str:

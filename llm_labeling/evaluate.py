@@ -54,7 +54,9 @@ def _cell(path: Path, line: int, column: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f'{path}, line {line}, {column!r}: must be a number, not {text!r}') from None
+        raise ValueError(
+            f'{path}, line {line}, {column!r}: must be a number, not {text!r}'
+        ) from None
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
@@ -117,7 +119,9 @@ def score_classes(pred: np.ndarray, gold: np.ndarray, uncertain: str) -> dict:
     for key in ('precision', 'recall', 'f1'):
         vals = np.array([c[key] for c in per_class.values()])
         means['macro'][key] = float(vals.mean())
-        means['weighted'][key] = float((vals * support).sum() / support.sum()) if support.sum() else 0.0
+        means['weighted'][key] = (
+            float((vals * support).sum() / support.sum()) if support.sum() else 0.0
+        )
     aurocs = [c['auroc'] for c in per_class.values() if c['auroc'] is not None]
     means['macro']['auroc'] = float(np.mean(aurocs)) if aurocs else None
     return {'per_class': per_class, **means}
@@ -128,8 +132,8 @@ def _align(preds, gold_ids, gold_vals, names):
     index = {rid: i for i, rid in enumerate(gold_ids)}
     common = set(gold_ids)
     coverage = {}
-    for name, (ids, vals) in zip(names, preds):
-        ok = {rid for rid, row in zip(ids, vals) if np.isfinite(row).all()}
+    for name, (ids, vals) in zip(names, preds, strict=True):
+        ok = {rid for rid, row in zip(ids, vals, strict=True) if np.isfinite(row).all()}
         coverage[name] = {
             'rows': len(ids),
             'failed': len(ids) - len(ok),
@@ -169,10 +173,10 @@ def evaluate_labels(
     preds = [read_label_table(p) for p in paths]
     gold_ids, gold_vals = read_label_table(gold_path)
     ids, matrices, gold, coverage = _align(preds, gold_ids, gold_vals, names)
-    results = {n: score_classes(m, gold, uncertain) for n, m in zip(names, matrices)}
+    results = {n: score_classes(m, gold, uncertain) for n, m in zip(names, matrices, strict=True)}
     metrics = {
         'gold': str(gold_path),
-        'predictions': dict(zip(names, map(str, paths))),
+        'predictions': dict(zip(names, map(str, paths), strict=True)),
         'uncertain_counts_as': uncertain,
         'n_scored': len(ids),
         'coverage': coverage,
@@ -211,8 +215,15 @@ def render_markdown(metrics: dict) -> str:
     ]
     for n in names:
         c = metrics['coverage'][n]
-        lines.append(f'| {n} | {c["rows"]} | {c["failed"]} | {c["not_in_gold"]} | {c["gold_missing"]} |')
-    lines += ['', '## Means', '', '| file | macro P | macro R | macro F1 | weighted F1 | macro AUROC |']
+        lines.append(
+            f'| {n} | {c["rows"]} | {c["failed"]} | {c["not_in_gold"]} | {c["gold_missing"]} |'
+        )
+    lines += [
+        '',
+        '## Means',
+        '',
+        '| file | macro P | macro R | macro F1 | weighted F1 | macro AUROC |',
+    ]
     lines.append('|---|---|---|---|---|---|')
     for n in names:
         m, w = res[n]['macro'], res[n]['weighted']

@@ -39,6 +39,13 @@ _ARTERY = (
     r'|brachiocephalic|(?<!coronary )(?<!descending )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
 )
 
+# A density increase is an opacity only where the clause places it in the lung.
+_DENSITY_UP = r'density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density'
+_LUNG_PLACE = (
+    r'lungs?|lobes?|segments?|parenchyma\w*|lingul\w*|subpleural|apex|apices|apical|basal|bases'
+)
+_HEART = r'(?:heart|cardiac)(?: (?:size|sizes|dimensions?|contours?|volume|silhouette|shadow))?'
+_CTR = r'cardio-?thoracic (?:index|ratio)|ctr|cti'
 _CORONARY_BRANCH = r'LAD|RCA|LCX|CX|circumflex|left anterior descending|left main coronary'
 
 LEXICON: dict[str, FindingPatterns] = {
@@ -48,11 +55,26 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bstent\w*',
             r'\bpacemaker\w*',
             r'\bsternotomy\b',
+            r'\bcannula\w*',
+            r'\bfixators?\b',
+            r'\b(?:stent[- ])?grafts?\b',
+            r'\bbreast (?:prosthe\w+|implants?)\b',
+            r'\b(?:staples?|stapler)\b',
+            r'\b(?:surgical|prosthetic|hernia) mesh\b',
+            r'\bembolization (?:coils?|material)',
+            r'\b(?:icd|defibrillator)\b',
+            r'\bcardiac (?:valve )?(?:prosthe\w+|replacement)',
+            r'\bvalve (?:prosthe\w+|replacement)',
+            r'\bprosthetic (?:valve|heart valve)',
             r'\bwires?\b',
             r'\bclips?\b',
             r'\bprosthe\w+',
             r'\bport\b',
-            r'\b(?:nasogastric|endotracheal|tracheostomy|chest|thoracostomy|drainage|feeding)\s+tubes?\b',
+            r'\btubes?\b',
+            r'\bcerclage\w*',
+            r'\b(?:bone )?cement\b',
+            r'\becmo\b',
+            r'\bvertebroplast\w*|\bkyphoplast\w*',
             r'\btracheostomy\b',
             r'\bintubat\w+',
             r'\bdrain\w*\b',
@@ -80,17 +102,12 @@ LEXICON: dict[str, FindingPatterns] = {
     ),
     'Cardiomegaly': FindingPatterns(
         triggers=(
-            r'\bcardiomegal\w+',
-            r'\bheart (?:size|dimensions?|contour)\s+(?:is|are|was|were)?\s*(?:\w+\s+)?(?:increased|enlarged|larger)',
-            r'\benlarge\w* (?:heart|cardiac)',
-            r'\b(?:increase\w*|enlarge\w*) in (?:the )?(?:heart|cardiac) (?:size|dimensions?)',
-            r'\bcardiac (?:size|dimensions?)\s+(?:is|are|was|were)?\s*(?:\w+\s+)?(?:increased|enlarged)',
-            r'\b(?:cardiothoracic|cardio-thoracic) (?:index|ratio)\b[^.;]*\bincreas\w*',
-            r'\bincreas\w*[^.;]*\b(?:cardiothoracic|cardio-thoracic) (?:index|ratio)\b',
-            r'\bctr\b[^.;]*\bincreas\w*|\bincreas\w*[^.;]*\bctr\b',
-            r'\bheart (?:is )?(?:larger|bigger) than normal\b',
-            r'\bincrease\w* in (?:the )?(?:heart|cardiac) (?:size|dimensions?|volume)\b',
-            r'\bheart (?:size|dimensions?|volume) (?:has |have )?(?:\w+ )?increased\b',
+            r'\bcardiomegal\w*',
+            rf'\b{_HEART},? (?:[\w-]+ ){{0,3}}?(?:increased|enlarged|larger|bigger)\b',
+            rf'\b(?:increase\w*|enlargement) (?:in|of) (?:the )?{_HEART}',
+            r'\benlarged (?:heart|cardiac)\b|\bcardiac enlargement\b',
+            rf'\b(?:{_CTR})\b(?: [\w-]+){{0,5}}? increas\w*',
+            rf'\bincreas\w*(?: [\w-]+){{0,3}}? (?:{_CTR})\b',
         ),
     ),
     'Pericardial effusion': FindingPatterns(
@@ -121,9 +138,11 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\blymphadenopath\w+',
             r'\blymphadenomegal\w+',
             r'\badenopath\w+',
-            r'\blap\b',
+            r'\blaps?\b',
         ),
-        excludes=(r'\b(?:intrapulmonary|subpleural|intraparenchymal|fissural|perifissural) (?P<x>lymph ?nodes?)',),
+        excludes=(
+            r'\b(?:intrapulmonary|subpleural|intraparenchymal|fissural|perifissural) (?P<x>lymph ?nodes?)',
+        ),
     ),
     'Emphysema': FindingPatterns(
         triggers=(r'\bemphysem\w+', r'\bbullae?\b', r'\bbullous\b', r'\bblebs?\b'),
@@ -137,7 +156,7 @@ LEXICON: dict[str, FindingPatterns] = {
         triggers=(
             r'\bnodules?\b',
             r'\bmicronodul\w*',
-            r'\bnodular (?:lesions?|formations?|opacit\w+|densit\w+|appearances?|structures?)',
+            r'\bnodular (?:(?:or|and) \w+ )?(?:lesions?|formations?|opacit\w+|densit\w+|appearances?|structures?)',
         ),
         excludes=(
             rf'\b{_NOT_LUNG}\b[^.;]*\b(?P<x>nodul\w*)',
@@ -151,9 +170,8 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bground[- ]glass\w*',
             r'\bopacit\w+',
             r'\binfiltrat\w+',
-            r'\bdensity increase\w*',
-            r'\bincrease\w* (?:in|of) (?:\w+ )?density\b',
-            r'\bincreased density\b',
+            rf'\b(?:{_LUNG_PLACE})\b[^.;]*?(?P<t>{_DENSITY_UP})',
+            rf'\b(?P<t>{_DENSITY_UP})(?=[^.;]*\b(?:{_LUNG_PLACE})\b)',
             r'\bdep[ae]nd[ae]nt (?:\w+ )?densit\w+',
         ),
         excludes=(
@@ -162,12 +180,12 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\binfiltrat\w+ (?:into|the|of the) (?!lung|parenchyma)',
             r'\binfiltrating\b',
             r'\b(?:centri)?acinar (?:nodular )?(?:opacit|infiltrat)\w*|\b(?:micro)?nodular (?:opacit|infiltrat|density)\w*',
-            r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|atelecta\w+|band|linear|peribronchial|metal\w*'
+            r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|peribronchial|metal\w*'
             r'|consolidat\w+|consolidative|fat\w*|adipose|subcutaneous|perirenal|pericolonic|skin|bone|liver'
             r'|operative|vertebra\w*|soft tissue|mediastinum|pleural|pleura)\b(?:(?!ground)[^.;])*'
             r'\b(?P<x>density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density)',
             r'\b(?P<x>density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density)\b[^.;]*'
-            r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|atelecta\w+|band|consolidat\w+|edema|fat\w*|thymic)',
+            r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|consolidat\w+|edema|fat\w*|thymic)',
             r'\b(?:in favor of|compatible with|consistent with|favors|suggest\w*|terms of|evaluated for|'
             r'belong to the early onset of) (?:\w+ ){0,2}(?P<x>(?:broncho)?pneumonic infiltrat\w+|infiltrat\w+)',
             r'\b(?P<x>ground[- ]glass)\b[^.;]*\b(?:regressed|disappeared|not observed in this)',
@@ -175,7 +193,7 @@ LEXICON: dict[str, FindingPatterns] = {
     ),
     'Pulmonary fibrotic sequela': FindingPatterns(
         triggers=(
-            r'\bfibro(?:sis|tic|[- ]?atelecta\w+)\b',
+            r'\bfibro(?:sis|tic|[- ]?atel\w+)\b',
             r'\bsequela\w*',
             r'\bparenchymal bands?\b',
             r'\bscar\w*',
@@ -184,6 +202,8 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\b(?:kidneys?|renal|perirenal|bone|ribs?|costa\w*|humerus|spleen|splenic|vertebra\w*|fracture\w*|'
             r'liver|hepatic|thyroid|breast|operation|postoperative)\b[^.;]*?(?P<x>sequela\w*|fibro\w+|scar\w*)',
             r'(?P<x>sequela\w*|fibro\w+|scar\w*)\b[^.;]*?\b(?:kidneys?|renal|bone|ribs?|humerus|spleen|vertebra\w*)\b',
+            r'\b(?P<x>sequela\w*) of (?:a |an |the )?(?:previous |past |old )?(?:granulomatous|tb\b|tubercul)',
+            r'\b(?:granulomatous \w+|tb|tuberculosis) (?P<x>sequela\w*)',
         ),
     ),
     'Pleural effusion': FindingPatterns(
@@ -203,10 +223,9 @@ LEXICON: dict[str, FindingPatterns] = {
     'Mosaic attenuation pattern': FindingPatterns(triggers=(r'\bmosaic\w*',)),
     'Peribronchial thickening': FindingPatterns(
         triggers=(
-            r'\bperibronch\w*\b[^.;]{0,60}?\b(?:thick\w*|density)',
-            r'\bthick\w*[^.;]{0,40}?\bperibronch\w*',
-            r'\bbronchial wall\w*\b[^.;]{0,30}?\bthick\w*',
-            r'\bthick\w*[^.;]{0,30}?\bbronchial walls?\b',
+            r'\bperibronch(?:ial|ovascular)\b(?: [\w-]+){0,4}? (?:thick\w*|increase in thickness|cuff\w*)',
+            r'\bthick\w*\b(?: [\w-]+){0,4}? peribronch(?:ial|ovascular)\b',
+            r'\bbronchial wall thicken\w*(?= \(peribronchial)',
         ),
         excludes=(r'\bnormal (?P<x>thickness)\b',),
     ),
@@ -219,6 +238,10 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\binterlobular sept\w*',
             r'\binterstiti\w* (?:thick\w*|elements?)',
             r'\bthick\w*[^.;]{0,40}?\binterstiti\w*',
+        ),
+        excludes=(
+            r'\b(?:interatrial|interventricular|atrial|ventricular|nasal) (?P<x>sept\w*)',
+            r'\bwithout (?:\w+ )?(?P<x>thick\w*) septa',
         ),
     ),
 }
@@ -293,6 +316,14 @@ CLAUSE_BREAK = (
 def lexicon_fingerprint() -> str:
     """Every pattern in a stable text form: the input of `RulesLabeler.version`."""
     parts = [repr(sorted(LEXICON.items(), key=lambda kv: FINDINGS.index(kv[0])))]
-    for group in (PSEUDO_NEGATION, NEGATION_PRE, NEGATION_POST, NEGATION_POST_STRONG, UNCERTAINTY, UNCERTAINTY_NEGATED, (VERB_PHRASE, CLAUSE_BREAK)):
+    for group in (
+        PSEUDO_NEGATION,
+        NEGATION_PRE,
+        NEGATION_POST,
+        NEGATION_POST_STRONG,
+        UNCERTAINTY,
+        UNCERTAINTY_NEGATED,
+        (VERB_PHRASE, CLAUSE_BREAK),
+    ):
         parts.append(repr(group))
     return '\n'.join(parts)

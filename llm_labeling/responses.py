@@ -32,7 +32,9 @@ RESPONSE_SCHEMA_VERSION = '1'
 # The report being validated. A context variable rather than instructor's `context=`, which would
 # also render every message as a Jinja template (slow, and wrong for a report containing '{{').
 # Each asyncio task, and asyncio.to_thread, works on its own copy.
-REPORT_TEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar('report_text', default=None)
+REPORT_TEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    'report_text', default=None
+)
 _MENTIONED = (Status.PRESENT, Status.UNCERTAIN)
 _WS = re.compile(r'\s+')
 _QUOTE_STRIP = ' \t\n\'"“”‘’`.…'
@@ -155,7 +157,7 @@ def one_line_annotation(values: list[int], report_id: str) -> ReportAnnotation:
     """A one-line answer has no quotes; its positives and uncertains become evidence items."""
     items = [
         FindingEvidence(finding=f, status=_LI_STATUS[v])
-        for f, v in zip(FINDINGS, values)
+        for f, v in zip(FINDINGS, values, strict=True)
         if v in _LI_STATUS
     ]
     return ReportAnnotation(report_id=report_id, findings=items)

@@ -28,10 +28,12 @@ _logger = logging.getLogger(__name__)
 
 _FLAGS = re.IGNORECASE
 _RULES_CODE_VERSION = '1'
+_GROUP = re.compile(r'\(\?P<\w+>')
 _RANK = {Status.PRESENT: 3, Status.UNCERTAIN: 2, Status.ABSENT: 1}
 
-_SENTENCE_END = re.compile(r'(?<=[.!?])\s+|\s*"\s*|\n+|(?<=[a-z])\.(?=[A-Z])')
-_TRIM = ' \t\r\n.,;:-"\''
+# Sentence ends, impression bullets (CT-RATE's `"`, curly quotes, `•`) and line breaks.
+_SENTENCE_END = re.compile(r'(?<=[.!?])\s+|\s*["\u201c\u201d\u2022]+\s*|\n+|(?<=[a-z])\.(?=[A-Z])')
+_TRIM = ' \t\r\n.,;:-"\'\u201c\u201d\u2022·'
 
 _SIDE = re.compile(r'\b(bilateral\w*|both|right|left)\b', _FLAGS)
 _REGION = re.compile(
@@ -86,10 +88,19 @@ class _CompiledLexicon:
 
     def __init__(self) -> None:
         self.triggers = {
-            name: [re.compile(p, _FLAGS) for p in lexicon.LEXICON[name].triggers] for name in FINDINGS
+            name: [re.compile(p, _FLAGS) for p in lexicon.LEXICON[name].triggers]
+            for name in FINDINGS
         }
         self.excludes = {
-            name: [re.compile(p, _FLAGS) for p in lexicon.LEXICON[name].excludes] for name in FINDINGS
+            name: [re.compile(p, _FLAGS) for p in lexicon.LEXICON[name].excludes]
+            for name in FINDINGS
+        }
+        # One union per finding, searched once per report, skips findings a report never names.
+        self.gates = {
+            name: re.compile(
+                '|'.join(_GROUP.sub('(?:', p) for p in lexicon.LEXICON[name].triggers), _FLAGS
+            )
+            for name in FINDINGS
         }
         self.pseudo_neg = re.compile('|'.join(lexicon.PSEUDO_NEGATION), _FLAGS)
         self.neg_pre = re.compile('|'.join(lexicon.NEGATION_PRE), _FLAGS)
@@ -154,8 +165,9 @@ class RulesLabeler:
             message = f'Report text of {report_id!r} must be a string, not {type(text).__name__}'
             raise TypeError(message)
         best: dict[str, _Mention] = {}
-        for clause in self._clauses(text):
-            for mention in self._mentions(clause):
+        named = [name for name in FINDINGS if self._lex.gates[name].search(text)]
+        for clause in self._clauses(text) if named else ():
+            for mention in self._mentions(clause, named):
                 kept = best.get(mention.finding)
                 if kept is None or _RANK[mention.status] > _RANK[kept.status]:
                     best[mention.finding] = mention
@@ -180,15 +192,19 @@ class RulesLabeler:
                 clauses.append(_Clause(c_start, c_end, text[c_start:c_end]))
         return clauses
 
-    def _mentions(self, clause: _Clause) -> list[_Mention]:
+    def _mentions(self, clause: _Clause, names: Iterable[str]) -> list[_Mention]:
         out = []
-        for name in FINDINGS:
-            excluded = [_veto_span(m) for rx in self._lex.excludes[name] for m in rx.finditer(clause.text)]
+        for name in names:
+            if not self._lex.gates[name].search(clause.text):
+                continue
+            excluded = [
+                _veto_span(m) for rx in self._lex.excludes[name] for m in rx.finditer(clause.text)
+            ]
             for rx in self._lex.triggers[name]:
                 for match in rx.finditer(clause.text):
-                    if _overlaps(match.span(), excluded):
-                        continue
                     start, end = match.span('t') if 't' in rx.groupindex else match.span()
+                    if _overlaps((start, end), excluded):
+                        continue
                     status = self._status(clause.text, start, end)
                     out.append(_Mention(name, status, clause, start))
                     break
@@ -199,7 +215,7 @@ class RulesLabeler:
         text = self._lex.pseudo_neg.sub(lambda m: ' ' * len(m.group(0)), text)
         if self._lex.hedge_negated.search(text):
             return Status.UNCERTAIN
-        for cue in self._lex.neg_pre.finditer(text, 0, start):
+        for cue in self._lex.neg_pre.finditer(text, 0, end):  # a cue inside the trigger counts
             if not self._lex.verb.search(text, cue.end(), start):
                 return Status.ABSENT
         for cue in self._lex.neg_post.finditer(text, end):

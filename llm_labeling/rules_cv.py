@@ -3,7 +3,8 @@
 Rules are written by hand, so k-fold "training" does not apply; the honest protocol is a held-out
 split fixed before any rule was written: a report is held out when the SHA-1 of its AccessionNo is
 divisible by 4 (190 of 800 reports). Rules were developed on the other 610 ("dev") only, and error
-listings are only ever printed for dev. Run:
+listings are only ever printed for dev. Seven held-out texts also occur verbatim in dev (the manual
+set has duplicate reports under different ids); `heldout-unique` drops them. Run:
 
     python -m llm_labeling.rules_cv --split heldout
     python -m llm_labeling.rules_cv --split dev --errors 'Lung opacity'
@@ -16,13 +17,14 @@ import csv
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_labeling.rules import RulesLabeler
 from llm_labeling.schema import FINDINGS
 
-SPLITS = ('dev', 'heldout', 'all')
+SPLITS = ('dev', 'heldout', 'heldout-unique', 'all')
 DEFAULT_MANUAL = Path(__file__).resolve().parents[2] / 'shared/data/ctrate/manual_labels_train.csv'
 # The manual labels are binary. Uncertain mentions ("suspicious for", "cannot be excluded") were
 # marked positive by CT-RATE's annotators, so -1 scores as 1 against them.
@@ -48,7 +50,11 @@ def load_manual(path: str | Path, split: str = 'all') -> list[ManualReport]:
     path = Path(path)
     with path.open(newline='', encoding='utf-8') as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in ('AccessionNo', 'report_text', *FINDINGS) if c not in (reader.fieldnames or ())]
+        missing = [
+            c
+            for c in ('AccessionNo', 'report_text', *FINDINGS)
+            if c not in (reader.fieldnames or ())
+        ]
         if missing:
             raise ValueError(f'{path} lacks the columns {missing}')
         rows = [
@@ -57,7 +63,14 @@ def load_manual(path: str | Path, split: str = 'all') -> list[ManualReport]:
         ]
     if split == 'all':
         return rows
-    return [r for r in rows if is_heldout(r.accession) == (split == 'heldout')]
+    dev = [r for r in rows if not is_heldout(r.accession)]
+    if split == 'dev':
+        return dev
+    heldout = [r for r in rows if is_heldout(r.accession)]
+    if split == 'heldout-unique':  # 7 held-out texts also occur verbatim in dev under another id
+        seen = {r.text for r in dev}
+        heldout = [r for r in heldout if r.text not in seen]
+    return heldout
 
 
 def binary(value: int) -> int:
@@ -81,22 +94,77 @@ def score(gold: Sequence[dict[str, int]], pred: Sequence[dict[str, int]]) -> dic
     return {'n_reports': len(gold), 'macro_f1': macro, 'per_class': per_class}
 
 
-def evaluate(reports: Sequence[ManualReport], labeler: Callable | None = None) -> tuple[dict, list]:
-    """Score the rules labeler on `reports`; also return the predicted label dicts."""
-    from llm_labeling.rules import RulesLabeler
+def bootstrap_macro_ci(
+    gold: Sequence[dict[str, int]], pred: Sequence[dict[str, int]], n: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile 95% interval of the macro F1, resampling reports with a fixed seed."""
+    import numpy as np
 
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, len(gold), len(gold))
+        values.append(score([gold[i] for i in idx], [pred[i] for i in idx])['macro_f1'])
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def evaluate(
+    reports: Sequence[ManualReport], labeler: RulesLabeler | None = None, bootstrap: int = 0
+) -> tuple[dict, list]:
+    """Score the rules labeler on `reports` (plus a bootstrap CI); also return the annotations."""
     labeler = labeler or RulesLabeler()
     annotations = labeler.annotate_many((r.accession, r.text) for r in reports)
     preds = [a.labels() for a in annotations]
-    return score([r.labels for r in reports], preds), annotations
+    result = score([r.labels for r in reports], preds)
+    result['labeler_version'] = labeler.version
+    if bootstrap:
+        result['macro_f1_ci95'] = bootstrap_macro_ci([r.labels for r in reports], preds, bootstrap)
+    return result, annotations
 
 
 def markdown_table(result: dict) -> str:
     lines = ['| finding | support | precision | recall | F1 |', '|---|---:|---:|---:|---:|']
     for name, c in result['per_class'].items():
-        lines.append(f"| {name} | {c['support']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |")
-    lines.append(f"| **macro** | | | | **{result['macro_f1']:.4f}** |")
+        lines.append(
+            f'| {name} | {c["support"]} | {c["precision"]:.3f} | {c["recall"]:.3f} | {c["f1"]:.3f} |'
+        )
+    lines.append(f'| **macro** | | | | **{result["macro_f1"]:.4f}** |')
+    if 'macro_f1_ci95' in result:
+        low, high = result['macro_f1_ci95']
+        lines.append(f'| macro 95% CI (bootstrap by report) | | | | {low:.3f} to {high:.3f} |')
     return '\n'.join(lines)
+
+
+def plot_f1(result: dict, path: Path, title: str) -> None:
+    """Per-class precision/recall/F1 bars, so a weak class is visible at a glance."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = list(result['per_class'])
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for i, key in enumerate(('precision', 'recall', 'f1')):
+        values = [result['per_class'][n][key] for n in names]
+        ax.barh([y + (i - 1) * 0.27 for y in range(len(names))], values, height=0.27, label=key)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0.5, 1.0)
+    ax.axvline(
+        result['macro_f1'],
+        color='k',
+        linestyle='--',
+        linewidth=1,
+        label=f'macro F1 {result["macro_f1"]:.3f}',
+    )
+    ax.set_title(title)
+    ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + '.tmp.png')
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def _print_errors(reports: Sequence[ManualReport], annotations: list, finding: str) -> None:
@@ -111,23 +179,37 @@ def _print_errors(reports: Sequence[ManualReport], annotations: list, finding: s
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m llm_labeling.rules_cv', description=__doc__)
-    parser.add_argument('--manual', type=Path, default=DEFAULT_MANUAL, help='manual_labels_train.csv')
+    parser.add_argument(
+        '--manual', type=Path, default=DEFAULT_MANUAL, help='manual_labels_train.csv'
+    )
     parser.add_argument('--split', choices=SPLITS, default='heldout')
     parser.add_argument('--errors', metavar='FINDING', help='print the misclassified dev reports')
     parser.add_argument('--json', type=Path, help='also write the scores here')
+    parser.add_argument(
+        '--bootstrap', type=int, default=1000, help='resamples for the macro CI (0: none)'
+    )
+    parser.add_argument('--plot', type=Path, help='also write a per-class bar chart (PNG) here')
     args = parser.parse_args(argv)
     if args.errors and args.split != 'dev':
         parser.error('--errors is only allowed with --split dev (held-out reports stay unseen)')
     if args.errors and args.errors not in FINDINGS:
         parser.error(f'--errors must be one of {list(FINDINGS)}, not {args.errors!r}')
     reports = load_manual(args.manual, args.split)
-    result, annotations = evaluate(reports)
+    result, annotations = evaluate(reports, bootstrap=args.bootstrap)
     if args.errors:
         _print_errors(reports, annotations, args.errors)
     print(f'split={args.split} n={len(reports)} uncertain_as={UNCERTAIN_AS}')
     print(markdown_table(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        tmp = args.json.with_name(args.json.name + '.tmp')
+        tmp.write_text(
+            json.dumps({'split': args.split, 'uncertain_as': UNCERTAIN_AS, **result}, indent=2)
+        )
+        tmp.replace(args.json)
+    if args.plot:
+        plot_f1(
+            result, args.plot, f'Rules labeler vs manual labels ({args.split}, n={len(reports)})'
+        )
     return 0
 
 

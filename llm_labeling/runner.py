@@ -68,20 +68,22 @@ class _Progress:
             dynamic_ncols=True,
         )
 
-    def update(self, stats: RunStats) -> None:
+    def update(self, stats: RunStats, reports: int) -> None:
         usage = stats.usage
         tokens = usage.prompt_tokens + usage.completion_tokens
         cost = cost_usd(self.settings, usage.prompt_tokens, usage.completion_tokens)
         self.bar.set_postfix_str(f'tok={tokens:,} ${cost:.4f} failed={stats.failed}', False)
-        self.bar.update(1)
+        self.bar.update(reports)
 
     def close(self) -> None:
         self.bar.close()
 
 
 async def _label_texts(
-    texts: list[str], backend: Backend, cache: ResponseCache | None, settings: dict
+    groups: dict[str, list[str]], backend: Backend, cache: ResponseCache | None, settings: dict
 ) -> tuple[dict[str, Answer | LabelingFailed], RunStats]:
+    """Label each distinct text once; the bar counts reports (a text shared by n ids counts n)."""
+    texts = list(groups)
     stats = RunStats()
     results: dict[str, Answer | LabelingFailed] = {}
     todo = []
@@ -95,7 +97,8 @@ async def _label_texts(
             stats.failed += 1
         else:
             todo.append(text)
-    progress = _Progress(len(texts), len(texts) - len(todo), settings)
+    total = sum(map(len, groups.values()))
+    progress = _Progress(total, total - sum(len(groups[t]) for t in todo), settings)
     gate = asyncio.Semaphore(settings['concurrency'])
 
     async def one(text: str) -> None:
@@ -108,7 +111,7 @@ async def _label_texts(
                 stats.usage.add(e.usage)
                 stats.requests += e.attempts
                 _logger.warning('Labeling failed after %d attempt(s): %s', e.attempts, e.reason)
-                progress.update(stats)
+                progress.update(stats, len(groups[text]))
                 return
         results[text] = answer
         stats.usage.add(answer.usage)
@@ -116,7 +119,7 @@ async def _label_texts(
         if cache is not None:
             findings = [f.model_dump(mode='json') for f in answer.annotation.findings]
             cache.put(text, findings, answer.usage.prompt_tokens, answer.usage.completion_tokens)
-        progress.update(stats)
+        progress.update(stats, len(groups[text]))
 
     tasks = [asyncio.ensure_future(one(text)) for text in todo]
     try:
@@ -203,7 +206,7 @@ def label_reports(cfg: dict) -> Path:
     cache = _cache_for(backend, settings)
     started = time.perf_counter()
     try:
-        results, stats = asyncio.run(_label_texts(list(groups), backend, cache, settings))
+        results, stats = asyncio.run(_label_texts(groups, backend, cache, settings))
     finally:
         if cache is not None:
             cache.close()

@@ -51,7 +51,12 @@ class CachedVolume:
 
 
 def check_volume_id(volume_id: str) -> str:
-    if not isinstance(volume_id, str) or not volume_id or '/' in volume_id or volume_id in ('.', '..'):
+    if (
+        not isinstance(volume_id, str)
+        or not volume_id
+        or '/' in volume_id
+        or volume_id in ('.', '..')
+    ):
         raise ValueError(f'Volume id must be a non-empty string without "/", not {volume_id!r}')
     return volume_id
 
@@ -96,7 +101,9 @@ class VolumeCache:
 
     def _read_index(self, f: h5py.File) -> None:
         if 'format_version' not in f.attrs or 'ids' not in f:
-            raise ValueError(f'{str(self.path)!r} is not a ctclip volume cache (no format_version/ids)')
+            raise ValueError(
+                f'{str(self.path)!r} is not a ctclip volume cache (no format_version/ids)'
+            )
         version = int(f.attrs['format_version'])
         if version > FORMAT_VERSION:
             raise ValueError(
@@ -134,7 +141,9 @@ class VolumeCache:
     def _dataset(self, volume_id: str) -> h5py.Dataset:
         position = self._position.get(volume_id)
         if position is None:
-            raise KeyError(f'Volume {volume_id!r} is not in cache {str(self.path)!r} ({len(self)} volumes)')
+            raise KeyError(
+                f'Volume {volume_id!r} is not in cache {str(self.path)!r} ({len(self)} volumes)'
+            )
         return self._file(int(self._shard_of[position]))[VOLUMES][volume_id]
 
     def close(self) -> None:
@@ -195,14 +204,20 @@ class VolumeCache:
         start = [int(s) for s in start_zyx]
         size = [int(s) for s in size_zyx]
         if len(start) != 3 or len(size) != 3:
-            raise ValueError(f'start_zyx and size_zyx must have 3 values, not {start_zyx}, {size_zyx}')
-        for axis, (s, n, dim) in enumerate(zip(start, size, ds.shape)):
+            raise ValueError(
+                f'start_zyx and size_zyx must have 3 values, not {start_zyx}, {size_zyx}'
+            )
+        for axis, (s, n, dim) in enumerate(zip(start, size, ds.shape, strict=False)):
             if s < 0 or n < 1 or s + n > dim:
                 raise ValueError(
                     f'Crop start {start} size {size} lies outside volume {volume_id!r} of shape '
                     f'{ds.shape} (axis {axis})'
                 )
-        return ds[start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]]
+        return ds[
+            start[0] : start[0] + size[0],
+            start[1] : start[1] + size[1],
+            start[2] : start[2] + size[2],
+        ]
 
     def __repr__(self) -> str:
         return f'VolumeCache({str(self.path)!r}, kind={self.kind}, volumes={len(self)})'
@@ -226,7 +241,7 @@ def _write_root(f: h5py.File, recipe: Recipe, kind: str) -> None:
 
 
 def _chunks(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
-    return tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, shape))
+    return tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, shape, strict=False))
 
 
 class CacheWriter:
@@ -256,7 +271,7 @@ class CacheWriter:
         ds = self._volumes.create_dataset(
             volume_id,
             data=array,
-            chunks=_chunks(array.shape, self.recipe.chunks_zyx),
+            chunks=_chunks(array.shape, self.recipe.chunk_shape),
             track_times=False,
             **compression_options(),
         )
@@ -331,7 +346,9 @@ def merge_caches(out: str | Path, shards: Sequence[str | Path]) -> Path:
         shard = Path(shard)
         cache = open_cache(shard)
         if cache.kind != 'single':
-            raise ValueError(f'Shard {str(shard)!r} is itself a merged cache; merge its shards instead')
+            raise ValueError(
+                f'Shard {str(shard)!r} is itself a merged cache; merge its shards instead'
+            )
         if recipe_hash is None:
             recipe_json, recipe_hash = cache._recipe_json, cache.recipe_hash
         elif cache.recipe_hash != recipe_hash:
@@ -357,7 +374,7 @@ def merge_caches(out: str | Path, shards: Sequence[str | Path]) -> Path:
         f.create_dataset('shards', data=np.array(rel_paths, dtype=object), dtype=_STR)
         f.create_dataset('shard_of', data=np.asarray(shard_of, dtype=np.int32))
         group = f.create_group(VOLUMES)
-        for vid, number in zip(ids, shard_of):
+        for vid, number in zip(ids, shard_of, strict=False):
             group[vid] = h5py.ExternalLink(rel_paths[number], f'/{VOLUMES}/{vid}')
     os.replace(tmp, out)
     _logger.info('merged %d shards (%d volumes) into %s', len(shards), len(ids), out)

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.errors import PreprocessError
+from preprocessing.itk_buffer import writable_array
 from preprocessing.recipes import AIR_HU
 
 # Scanner padding (-2048, -3024, -8192, ...) lies below any real tissue or air value.
@@ -35,13 +36,16 @@ class CheckLimits:
 def check_geometry(image: sitk.Image, limits: CheckLimits) -> None:
     size = image.GetSize()  # (x, y, z)
     if size[2] < limits.min_slices:
-        raise PreprocessError('check', f'too few slices: {size[2]} (need at least {limits.min_slices})')
+        raise PreprocessError(
+            'check', f'too few slices: {size[2]} (need at least {limits.min_slices})'
+        )
     if min(size[:2]) < limits.min_inplane:
         raise PreprocessError(
-            'check', f'slices of {size[0]}x{size[1]} pixels are too small (need {limits.min_inplane})'
+            'check',
+            f'slices of {size[0]}x{size[1]} pixels are too small (need {limits.min_inplane})',
         )
     spacing = image.GetSpacing()
-    for axis, s in zip('xyz', spacing):
+    for axis, s in zip('xyz', spacing, strict=False):
         if not math.isfinite(s) or not limits.min_spacing_mm <= s <= limits.max_spacing_mm:
             raise PreprocessError(
                 'check',
@@ -59,6 +63,11 @@ def check_intensity(image: sitk.Image, limits: CheckLimits) -> None:
             raise PreprocessError('check', f'{bad} voxels are NaN or infinite')
     step_z = max(1, view.shape[0] // 32)
     sample = np.asarray(view[::step_z, ::4, ::4], dtype=np.float32).ravel()
+    sample = sample[sample >= PADDING_BELOW_HU]  # scanner padding is not air
+    if sample.size == 0:
+        raise PreprocessError(
+            'check', f'every voxel lies below {PADDING_BELOW_HU} HU (all padding)'
+        )
     low, high = np.percentile(sample, [1.0, 99.0])
     if high - low < limits.min_range_hu:
         raise PreprocessError(
@@ -78,8 +87,13 @@ def check_intensity(image: sitk.Image, limits: CheckLimits) -> None:
         )
 
 
-def padding_to_air(image: sitk.Image) -> sitk.Image:
-    """Scanner padding values (anything below -1024 HU) become air, -1000 HU."""
-    dtype = sitk.GetArrayViewFromImage(image).dtype
-    upper = float(np.iinfo(dtype).max) if dtype.kind in 'iu' else float(np.finfo(np.float32).max)
-    return sitk.Threshold(image, lower=PADDING_BELOW_HU, upper=upper, outsideValue=AIR_HU)
+def padding_to_air(image: sitk.Image, slab: int = 16) -> sitk.Image:
+    """Scanner padding values (anything below -1024 HU) become air, -1000 HU; in place.
+
+    Works slab by slab through the image's own buffer, so it needs no second copy of the volume.
+    """
+    array = writable_array(image)
+    for start in range(0, array.shape[0], slab):
+        part = array[start : start + slab]
+        np.putmask(part, part < PADDING_BELOW_HU, AIR_HU)
+    return image

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.errors import PreprocessError
+from preprocessing.itk_buffer import writable_array
 
 _logger = logging.getLogger(__name__)
 
@@ -54,16 +55,26 @@ def _parse_list(value: Any, name: str, n: int) -> list[float]:
         if not text or text.lower() == 'nan':
             raise PreprocessError('calibrate', f'metadata {name} is missing')
         try:
-            items = ast.literal_eval(text) if text.startswith(('[', '(')) else text.replace('\\', ' ').split()
+            items = (
+                ast.literal_eval(text)
+                if text.startswith(('[', '('))
+                else text.replace('\\', ' ').split()
+            )
         except (ValueError, SyntaxError) as exc:
-            raise PreprocessError('calibrate', f'metadata {name} must be a list of {n} numbers, not {text!r}') from exc
+            raise PreprocessError(
+                'calibrate', f'metadata {name} must be a list of {n} numbers, not {text!r}'
+            ) from exc
         items = list(items) if isinstance(items, (list, tuple)) else [items]
     try:
         values = [float(v) for v in items]
     except (TypeError, ValueError) as exc:
-        raise PreprocessError('calibrate', f'metadata {name} must hold numbers, not {value!r}') from exc
+        raise PreprocessError(
+            'calibrate', f'metadata {name} must hold numbers, not {value!r}'
+        ) from exc
     if len(values) != n or not all(math.isfinite(v) for v in values):
-        raise PreprocessError('calibrate', f'metadata {name} must be {n} finite numbers, not {value!r}')
+        raise PreprocessError(
+            'calibrate', f'metadata {name} must be {n} finite numbers, not {value!r}'
+        )
     return values
 
 
@@ -71,7 +82,9 @@ def _parse_float(value: Any, name: str) -> float:
     try:
         out = float(str(value).strip())
     except ValueError as exc:
-        raise PreprocessError('calibrate', f'metadata {name} must be a number, not {value!r}') from exc
+        raise PreprocessError(
+            'calibrate', f'metadata {name} must be a number, not {value!r}'
+        ) from exc
     if not math.isfinite(out):
         raise PreprocessError('calibrate', f'metadata {name} is missing')
     return out
@@ -85,7 +98,9 @@ def geometry_from_metadata(row: dict[str, Any]) -> CtRateGeometry:
     """
     missing = [c for c in GEOMETRY_COLUMNS if c not in row or str(row[c]).strip() in ('', 'nan')]
     if missing:
-        raise PreprocessError('calibrate', f'metadata row lacks {missing}; a v1 file needs them all')
+        raise PreprocessError(
+            'calibrate', f'metadata row lacks {missing}; a v1 file needs them all'
+        )
     dy, dx = _parse_list(row['XYSpacing'], 'XYSpacing', 2)
     dz = _parse_float(row['ZSpacing'], 'ZSpacing')
     if min(dx, dy, dz) <= 0:
@@ -93,7 +108,10 @@ def geometry_from_metadata(row: dict[str, Any]) -> CtRateGeometry:
     iop = np.asarray(_parse_list(row['ImageOrientationPatient'], 'ImageOrientationPatient', 6))
     u, v = iop[:3], iop[3:]
     if abs(np.linalg.norm(u) - 1) > 1e-2 or abs(np.linalg.norm(v) - 1) > 1e-2 or abs(u @ v) > 1e-2:
-        raise PreprocessError('calibrate', f'metadata ImageOrientationPatient {iop.tolist()} is not two orthonormal vectors')
+        raise PreprocessError(
+            'calibrate',
+            f'metadata ImageOrientationPatient {iop.tolist()} is not two orthonormal vectors',
+        )
     w = np.cross(u, v)
     direction = np.stack([u, v, w], axis=1)  # columns are the index axes' directions
     origin = _parse_list(row['ImagePositionPatient'], 'ImagePositionPatient', 3)
@@ -101,7 +119,9 @@ def geometry_from_metadata(row: dict[str, Any]) -> CtRateGeometry:
     intercept = _parse_float(row['RescaleIntercept'], 'RescaleIntercept')
     if slope == 0:
         raise PreprocessError('calibrate', 'metadata RescaleSlope must not be 0')
-    return CtRateGeometry((dx, dy, dz), tuple(origin), tuple(direction.flatten().tolist()), slope, intercept)
+    return CtRateGeometry(
+        (dx, dy, dz), tuple(origin), tuple(direction.flatten().tolist()), slope, intercept
+    )
 
 
 def is_blank_header(image: sitk.Image) -> bool:
@@ -150,16 +170,25 @@ def detect_version(image: sitk.Image, path: str | Path) -> str:
 
 
 def calibrate_v1(image: sitk.Image, geometry: CtRateGeometry) -> sitk.Image:
-    """Raw stored values to HU plus the metadata's geometry, as int16."""
-    raw = sitk.GetArrayViewFromImage(image)
-    hu = raw.astype(np.float32) * np.float32(geometry.slope) + np.float32(geometry.intercept)
+    """Raw stored values to HU plus the metadata's geometry (int16; in place when it fits)."""
+    raw = writable_array(image)
+    shift = geometry.intercept
+    if geometry.slope == 1 and shift == round(shift) and raw.dtype == np.int16:
+        lo, hi = int(raw.min()) + int(shift), int(raw.max()) + int(shift)
+        if -32768 <= lo and hi <= 32767:
+            raw += np.int16(shift)
+            return _set_geometry(image, geometry)
+    hu = raw.astype(np.float32) * np.float32(geometry.slope) + np.float32(shift)
     np.rint(hu, out=hu)
     np.clip(hu, -32768, 32767, out=hu)
-    out = sitk.GetImageFromArray(hu.astype(np.int16))
-    out.SetSpacing(geometry.spacing_xyz)
-    out.SetOrigin(geometry.origin)
-    out.SetDirection(geometry.direction)
-    return out
+    return _set_geometry(sitk.GetImageFromArray(hu.astype(np.int16)), geometry)
+
+
+def _set_geometry(image: sitk.Image, geometry: CtRateGeometry) -> sitk.Image:
+    image.SetSpacing(geometry.spacing_xyz)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
 
 
 def read_metadata(paths: list[str | Path]) -> dict[str, dict[str, str]]:
@@ -169,7 +198,9 @@ def read_metadata(paths: list[str | Path]) -> dict[str, dict[str, str]]:
         with open(path, newline='') as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or 'VolumeName' not in reader.fieldnames:
-                raise ValueError(f'Metadata CSV {str(path)!r} must have a VolumeName column, not {reader.fieldnames}')
+                raise ValueError(
+                    f'Metadata CSV {str(path)!r} must have a VolumeName column, not {reader.fieldnames}'
+                )
             for row in reader:
                 rows[row['VolumeName']] = row
     return rows

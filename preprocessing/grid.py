@@ -32,7 +32,9 @@ _INTERPOLATORS = {
 }
 
 
-def body_bbox_index(image: sitk.Image, step_mm: float = 4.0) -> tuple[np.ndarray, np.ndarray] | None:
+def body_bbox_index(
+    image: sitk.Image, step_mm: float = 4.0
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Continuous (x, y, z) index bounds of the largest connected region above -500 HU.
 
     Computed on a grid of about `step_mm`, so it costs milliseconds; the table, if detached from

@@ -23,12 +23,21 @@ FORMATS = ('ct-rate', 'nifti', 'dicom', 'npz')
 VERSIONS = ('v2', 'v1')
 CTRATE_NAME = re.compile(r'^(train|valid|test)_\d+_[A-Za-z]+_\d+\.nii(\.gz)?$')
 RADCHEST_SPLITS = {'trn': 'train', 'val': 'valid', 'tst': 'test'}
-_NOT_DICOM = re.compile(r'\.(csv|txt|json|jsonl|md|png|jpg|h5|hdf5|npz|npy|nii|gz|yaml|yml|py)$', re.I)
+_NOT_DICOM = re.compile(
+    r'\.(csv|txt|json|jsonl|md|png|jpg|h5|hdf5|npz|npy|nii|gz|yaml|yml|py)$', re.I
+)
 
 
 def _row(volume_id: str, path: Path, fmt: str, **extra: Any) -> dict[str, Any]:
-    row = {'volume_id': volume_id, 'path': str(path), 'patient_id': volume_id, 'scan_id': volume_id,
-           'split': '', 'format': fmt, 'series_uid': ''}
+    row = {
+        'volume_id': volume_id,
+        'path': str(path),
+        'patient_id': volume_id,
+        'scan_id': volume_id,
+        'split': '',
+        'format': fmt,
+        'series_uid': '',
+    }
     row.update({k: v for k, v in extra.items() if v is not None})
     return row
 
@@ -59,7 +68,9 @@ def from_ctrate_tree(
     folder = Path(folder)
     root = _ctrate_root(folder)
     if root is None:
-        raise ValueError(f'{str(folder)!r} is not a CT-RATE tree (no train/ valid/ or *_fixed/ folders)')
+        raise ValueError(
+            f'{str(folder)!r} is not a CT-RATE tree (no train/ valid/ or *_fixed/ folders)'
+        )
     found: dict[str, dict[str, Path]] = {}
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         name = split_dir.name
@@ -81,7 +92,9 @@ def from_ctrate_tree(
         extra = {c: meta[name][c] for c in GEOMETRY_COLUMNS if name in meta and c in meta[name]}
         rows.append(_row(name, versions[version], 'ct-rate', **split_volume_name(name), **extra))
     if skip:
-        _logger.info('dropped %d non-chest volumes listed in no_chest_*.txt', len(set(found) & skip))
+        _logger.info(
+            'dropped %d non-chest volumes listed in no_chest_*.txt', len(set(found) & skip)
+        )
     return rows
 
 
@@ -152,10 +165,14 @@ def build_manifest(
     if metadata and not (source.is_dir() and _ctrate_root(source) is not None):
         rows = attach_metadata(rows, read_metadata(list(metadata)))
     check_unique(rows)
+    for row in rows:  # absolute paths: resume checks and source_path must not depend on the cwd
+        row['path'] = str(Path(row['path']).absolute())
     return rows
 
 
-def attach_metadata(rows: list[dict[str, Any]], meta: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+def attach_metadata(
+    rows: list[dict[str, Any]], meta: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
     """Copy CT-RATE geometry columns onto rows whose volume_id is a metadata VolumeName."""
     out = []
     for row in rows:
@@ -190,7 +207,9 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
         rows = []
         for number, raw in enumerate(reader, start=2):
             if not raw['volume_id'] or not raw['path']:
-                raise ValueError(f'Manifest {str(path)!r} line {number}: volume_id and path must not be empty')
+                raise ValueError(
+                    f'Manifest {str(path)!r} line {number}: volume_id and path must not be empty'
+                )
             full = Path(raw['path'])
             if not full.is_absolute():
                 full = path.parent / full
@@ -198,7 +217,9 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
             row.update({k: v for k, v in raw.items() if k not in ('path',) and v not in (None, '')})
             fmt = row.get('format') or ''
             if fmt and fmt not in FORMATS:
-                raise ValueError(f'Manifest {str(path)!r} line {number}: format must be one of {FORMATS}, not {fmt!r}')
+                raise ValueError(
+                    f'Manifest {str(path)!r} line {number}: format must be one of {FORMATS}, not {fmt!r}'
+                )
             rows.append(row)
     return rows
 

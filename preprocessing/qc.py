@@ -51,8 +51,13 @@ def _windowed(slice_: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((slice_.astype(np.float32) - lo) / (hi - lo), 0, 1)
 
 
-def _plot(path: str, volumes: list[tuple[str, np.ndarray]], spacing: tuple, window: tuple,
-          orientation: str) -> None:
+def _plot(
+    path: str,
+    volumes: list[tuple[str, np.ndarray]],
+    spacing: tuple,
+    window: tuple,
+    orientation: str,
+) -> None:
     import matplotlib
 
     matplotlib.use('Agg')
@@ -66,7 +71,12 @@ def _plot(path: str, volumes: list[tuple[str, np.ndarray]], spacing: tuple, wind
         views = [
             ('axial', vol[d // 2], dy / dx, (left, right)),
             ('coronal', vol[::-1, h // 2, :], dz / dx, (left, right)),
-            ('sagittal', vol[::-1, :, w // 2], dz / dy, ('A', 'P') if orientation == 'LPS' else ('P', 'A')),
+            (
+                'sagittal',
+                vol[::-1, :, w // 2],
+                dz / dy,
+                ('A', 'P') if orientation == 'LPS' else ('P', 'A'),
+            ),
         ]
         for col, (name, image, aspect, sides) in enumerate(views):
             ax = axes[row][col]
@@ -74,9 +84,14 @@ def _plot(path: str, volumes: list[tuple[str, np.ndarray]], spacing: tuple, wind
             ax.set_xticks([])
             ax.set_yticks([])
             ax.text(0.02, 0.5, sides[0], color='yellow', transform=ax.transAxes, va='center')
-            ax.text(0.98, 0.5, sides[1], color='yellow', transform=ax.transAxes, va='center', ha='right')
+            ax.text(
+                0.98, 0.5, sides[1], color='yellow', transform=ax.transAxes, va='center', ha='right'
+            )
             ax.set_title(f'{vid[:28]} {name}' if col == 0 else name, fontsize=8)
-    fig.suptitle(f'window [{window[0]:.0f}, {window[1]:.0f}] HU, {orientation}, spacing {spacing} mm', fontsize=9)
+    fig.suptitle(
+        f'window [{window[0]:.0f}, {window[1]:.0f}] HU, {orientation}, spacing {spacing} mm',
+        fontsize=9,
+    )
     fig.tight_layout()
     tmp = f'{path}.tmp{os.getpid()}.png'
     fig.savefig(tmp, dpi=80)
@@ -95,17 +110,36 @@ def write_qc(cache_path: str | Path, json_path: str, png_path: str, samples: int
         for vid in ids:
             stats = json.loads(cache.attrs(vid).get('qc_stats') or '{}')
             per_volume[vid] = {**stats, 'flags': flags(stats)}
-        picked = [ids[i] for i in np.linspace(0, len(ids) - 1, min(samples, len(ids))).round().astype(int)] if ids else []
+        picked = (
+            [
+                ids[i]
+                for i in np.linspace(0, len(ids) - 1, min(samples, len(ids))).round().astype(int)
+            ]
+            if ids
+            else []
+        )
         recipe = cache.recipe
         flagged = {vid: v['flags'] for vid, v in per_volume.items() if v['flags']}
-        report = {'cache': str(cache_path), 'volumes': len(ids), 'recipe': recipe.name,
-                  'window_hu': list(recipe.window_hu), 'flagged': flagged, 'sampled_for_png': picked,
-                  'per_volume': per_volume}
+        report = {
+            'cache': str(cache_path),
+            'volumes': len(ids),
+            'recipe': recipe.name,
+            'window_hu': list(recipe.window_hu),
+            'flagged': flagged,
+            'sampled_for_png': picked,
+            'per_volume': per_volume,
+        }
         tmp = f'{json_path}.tmp{os.getpid()}'
         Path(tmp).write_text(json.dumps(report, indent=1) + '\n')
         os.replace(tmp, json_path)
         if not picked or samples <= 0:
             return False
         volumes = [(vid, cache.read(vid).array) for vid in dict.fromkeys(picked)]
-        _plot(png_path, volumes, tuple(recipe.spacing_zyx), tuple(recipe.window_hu), recipe.orientation)
+        _plot(
+            png_path,
+            volumes,
+            tuple(recipe.spacing_zyx),
+            tuple(recipe.window_hu),
+            recipe.orientation,
+        )
     return True

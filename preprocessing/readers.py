@@ -44,7 +44,9 @@ def _squeeze_to_3d(image: sitk.Image, path: Path) -> sitk.Image:
         return image[:, :, :, 0]
     if dim != 3:
         size = 'x'.join(map(str, image.GetSize()))
-        raise PreprocessError('read', f'{str(path)!r} is a {dim}D image ({size}); a CT volume must be 3D')
+        raise PreprocessError(
+            'read', f'{str(path)!r} is a {dim}D image ({size}); a CT volume must be 3D'
+        )
     return image
 
 
@@ -52,50 +54,89 @@ def read_nifti(path: str | Path) -> sitk.Image:
     """A NIfTI file as stored (scl_slope/scl_inter applied, geometry from the header)."""
     path = Path(path)
     _check_file(path)
-    header = _nifti_header(path)
+    nib_image = _nifti_image(path)
     if path.name.lower().endswith('.gz'):
-        _check_gzip(path, header)
+        _check_gzip(path, nib_image)
     else:
-        expected = _expected_nifti_bytes(header)
+        expected = _expected_nifti_bytes(nib_image)
         if expected is not None and path.stat().st_size < expected:
             raise PreprocessError(
-                'read', f'{str(path)!r} is truncated: {path.stat().st_size} bytes, header needs {expected}'
+                'read',
+                f'{str(path)!r} is truncated: {path.stat().st_size} bytes, header needs {expected}',
             )
-    _check_spacing(header, path)
+    _check_spacing(path)
+    _check_finite(nib_image, path)
+    if nib_image is not None:
+        from preprocessing.fast_nifti import read_int16_nifti
+
+        image = read_int16_nifti(path, nib_image)
+        if image is not None:
+            return image
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise PreprocessError('read', f'{str(path)!r} is not a readable NIfTI image: {_first_line(exc)}') from exc
+        raise PreprocessError(
+            'read', f'{str(path)!r} is not a readable NIfTI image: {_first_line(exc)}'
+        ) from exc
     return _squeeze_to_3d(image, path)
 
 
-def _nifti_header(path: Path):  # -> nibabel header | None
+def _nifti_image(path: Path):  # -> nibabel image | None
     import nibabel as nib
 
     try:
-        return nib.load(str(path)).header
+        return nib.load(str(path))
     except Exception:  # an unparsable header is reported by the ITK reader with its own message
         return None
 
 
-def _expected_nifti_bytes(header) -> int | None:
-    """Header offset plus voxel bytes: the size of a whole NIfTI file."""
-    if header is None:
+def _raw_pixdim(path: Path) -> list[float] | None:
+    """pixdim[1:4] as stored (nibabel and ITK both replace zeros by 1 when they load)."""
+    try:
+        with _gzip_open(path) if path.name.lower().endswith('.gz') else path.open('rb') as f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error):
         return None
+    for order in ('<', '>'):
+        size = int(np.frombuffer(head[:4], f'{order}i4')[0]) if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 108:
+            return np.frombuffer(head[76:108], f'{order}f4')[1:4].astype(float).tolist()
+        if size == 540 and len(head) >= 168:
+            return np.frombuffer(head[104:168], f'{order}f8')[1:4].astype(float).tolist()
+    return None
+
+
+def _expected_nifti_bytes(image) -> int | None:
+    """Header offset plus voxel bytes: the size of a whole NIfTI file."""
+    if image is None:
+        return None
+    header = image.header
     voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
-    return int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    minimum = (
+        int(header.sizeof_hdr) + 4
+    )  # header + 4-byte extension flag; ITK may store vox_offset 0
+    offset = max(int(header.get_data_offset()), minimum)
+    return offset + voxels * header.get_data_dtype().itemsize
 
 
-def _check_spacing(header, path: Path) -> None:
+def _check_spacing(path: Path) -> None:
     """ITK silently turns a zero or missing pixdim into 1 mm; refuse that instead."""
-    if header is None:
-        return
-    zooms = [float(z) for z in header.get_zooms()[:3]]
-    if len(zooms) == 3 and not all(np.isfinite(z) and z > 0 for z in zooms):
+    zooms = _raw_pixdim(path)
+    if zooms is not None and not all(np.isfinite(z) and z > 0 for z in zooms):
         raise PreprocessError('check', f'{str(path)!r} has missing spacing (pixdim {zooms})')
 
 
-def _check_gzip(path: Path, header) -> None:
+def _check_finite(image, path: Path) -> None:
+    """ITK's NIfTI reader turns NaN into 0, so float files are checked on nibabel's data."""
+    if image is None or image.header.get_data_dtype().kind != 'f':
+        return
+    data = np.asanyarray(image.dataobj)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise PreprocessError('check', f'{str(path)!r} has {bad} NaN or infinite voxels')
+
+
+def _check_gzip(path: Path, nib_image) -> None:
     """ITK reads a truncated .gz silently (the missing end becomes zeros), so check it here.
 
     The gzip trailer holds the uncompressed size (mod 2**32); if it disagrees with the size the
@@ -106,7 +147,7 @@ def _check_gzip(path: Path, header) -> None:
             raise PreprocessError('read', f'{str(path)!r} ends in .gz but is not gzip data')
         f.seek(-4, 2)
         trailer_size = int.from_bytes(f.read(4), 'little')
-    expected = _expected_nifti_bytes(header)
+    expected = _expected_nifti_bytes(nib_image)
     if expected is not None and trailer_size != expected % 2**32:
         verify_gzip_stream(path)
 
@@ -118,7 +159,9 @@ def verify_gzip_stream(path: str | Path) -> None:
             while f.read(1 << 24):
                 pass
     except (EOFError, OSError, zlib.error) as exc:
-        raise PreprocessError('read', f'{str(path)!r} is a truncated or corrupt gzip file: {exc}') from exc
+        raise PreprocessError(
+            'read', f'{str(path)!r} is a truncated or corrupt gzip file: {exc}'
+        ) from exc
 
 
 def _gzip_open(path: str | Path):
@@ -149,18 +192,27 @@ def _slice_geometry(files: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[int
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            raise PreprocessError('read', f'{name!r} is not a readable DICOM file: {_first_line(exc)}') from exc
+            raise PreprocessError(
+                'read', f'{name!r} is not a readable DICOM file: {_first_line(exc)}'
+            ) from exc
         keys = set(reader.GetMetaDataKeys())
         if _TAG_POSITION not in keys:
             raise PreprocessError('read', f'{name!r} has no ImagePositionPatient (0020,0032)')
         positions.append(_float_list(reader.GetMetaData(_TAG_POSITION)))
-        iop = reader.GetMetaData(_TAG_ORIENTATION) if _TAG_ORIENTATION in keys else '1\\0\\0\\0\\1\\0'
+        iop = (
+            reader.GetMetaData(_TAG_ORIENTATION) if _TAG_ORIENTATION in keys else '1\\0\\0\\0\\1\\0'
+        )
         orientations.append(tuple(round(v, 4) for v in _float_list(iop)))
         sizes.add(tuple(reader.GetSize()[:2]))
     if len(set(orientations)) > 1:
-        raise PreprocessError('check', f'inconsistent DICOM series: {len(set(orientations))} different slice orientations')
+        raise PreprocessError(
+            'check',
+            f'inconsistent DICOM series: {len(set(orientations))} different slice orientations',
+        )
     if len(sizes) > 1:
-        raise PreprocessError('check', f'inconsistent DICOM series: slices of different sizes {sorted(sizes)}')
+        raise PreprocessError(
+            'check', f'inconsistent DICOM series: slices of different sizes {sorted(sizes)}'
+        )
     return np.asarray(positions, float), np.asarray(orientations[0], float), sizes.pop()
 
 
@@ -217,37 +269,50 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
     if series_uid is None:
         if len(series) > 1:
             raise PreprocessError(
-                'read', f'{str(folder)!r} holds {len(series)} DICOM series; name one: {sorted(series)}'
+                'read',
+                f'{str(folder)!r} holds {len(series)} DICOM series; name one: {sorted(series)}',
             )
         series_uid = next(iter(series))
     if series_uid not in series:
-        raise PreprocessError('read', f'series {series_uid!r} is not in {str(folder)!r}; found {sorted(series)}')
+        raise PreprocessError(
+            'read', f'series {series_uid!r} is not in {str(folder)!r}; found {sorted(series)}'
+        )
     files, step = sort_slices(series[series_uid])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise PreprocessError('read', f'cannot decode DICOM series in {str(folder)!r}: {_first_line(exc)}') from exc
+        raise PreprocessError(
+            'read', f'cannot decode DICOM series in {str(folder)!r}: {_first_line(exc)}'
+        ) from exc
     if step > 0:
         spacing = image.GetSpacing()
         image.SetSpacing((spacing[0], spacing[1], step))
     return _squeeze_to_3d(image, folder)
 
 
-def radchest_spacing(path: str | Path, default: float = RADCHEST_SPACING_MM) -> tuple[float, float, float]:
+def radchest_spacing(
+    path: str | Path, default: float = RADCHEST_SPACING_MM
+) -> tuple[float, float, float]:
     """Isotropic 0.8 mm unless a `spacing.json` beside the file (or one level up) says otherwise."""
     path = Path(path)
     for folder in (path.parent, path.parent.parent):
         meta = folder / 'spacing.json'
         if meta.is_file():
             data = json.loads(meta.read_text())
-            value = data.get('spacing_zyx', data.get('spacing', data)) if isinstance(data, dict) else data
+            value = (
+                data.get('spacing_zyx', data.get('spacing', data))
+                if isinstance(data, dict)
+                else data
+            )
             if isinstance(value, (int, float)):
                 return (float(value),) * 3  # type: ignore[return-value]
             values = [float(v) for v in value]
             if len(values) != 3:
-                raise PreprocessError('read', f'{str(meta)!r} must give 1 or 3 spacings, not {value!r}')
+                raise PreprocessError(
+                    'read', f'{str(meta)!r} must give 1 or 3 spacings, not {value!r}'
+                )
             return tuple(values)  # type: ignore[return-value]
     return (float(default),) * 3  # type: ignore[return-value]
 
@@ -266,7 +331,10 @@ def read_npz(path: str | Path, spacing_zyx: tuple[float, float, float] | None = 
     except Exception as exc:  # zipfile/pickle/ValueError: anything that is not a readable npz
         raise PreprocessError('read', f'{str(path)!r} is not a readable .npz file: {exc}') from exc
     if array.ndim != 3:
-        raise PreprocessError('read', f'{str(path)!r} holds a {array.ndim}D array {array.shape}; expected 3D (z, y, x)')
+        raise PreprocessError(
+            'read',
+            f'{str(path)!r} holds a {array.ndim}D array {array.shape}; expected 3D (z, y, x)',
+        )
     image = sitk.GetImageFromArray(array)
     spacing = spacing_zyx or radchest_spacing(path)
     image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
@@ -285,7 +353,9 @@ def read_volume(path: str | Path, fmt: str | None = None, **options: object) -> 
         return read_dicom_series(path, options.get('series_uid') or None)  # type: ignore[arg-type]
     if fmt == 'npz':
         return read_npz(path, options.get('spacing_zyx'))  # type: ignore[arg-type]
-    raise PreprocessError('read', f'unknown input format {fmt!r} for {str(path)!r}; use nifti, dicom or npz')
+    raise PreprocessError(
+        'read', f'unknown input format {fmt!r} for {str(path)!r}; use nifti, dicom or npz'
+    )
 
 
 def _read_single_dicom(path: Path) -> sitk.Image:
@@ -293,7 +363,9 @@ def _read_single_dicom(path: Path) -> sitk.Image:
     try:
         return _squeeze_to_3d(sitk.ReadImage(str(path)), path)
     except RuntimeError as exc:
-        raise PreprocessError('read', f'{str(path)!r} is not a readable DICOM file: {_first_line(exc)}') from exc
+        raise PreprocessError(
+            'read', f'{str(path)!r} is not a readable DICOM file: {_first_line(exc)}'
+        ) from exc
 
 
 def guess_format(path: Path) -> str:
@@ -304,4 +376,7 @@ def guess_format(path: Path) -> str:
         return 'npz'
     if path.is_dir() or name.endswith('.dcm'):
         return 'dicom'
-    raise PreprocessError('read', f'cannot tell the format of {str(path)!r}: expected .nii(.gz), .npz, .dcm or a folder')
+    raise PreprocessError(
+        'read',
+        f'cannot tell the format of {str(path)!r}: expected .nii(.gz), .npz, .dcm or a folder',
+    )

@@ -43,13 +43,17 @@ def write_failures(paths: dict[str, str], failures: list[dict[str, Any]]) -> Non
     _atomic_text(paths['failures_json'], json.dumps(rows, indent=2) + '\n')
 
 
-def write_reports(out: Path, summary: dict[str, Any], failures: list[dict], qc_cfg: dict) -> dict[str, str]:
+def write_reports(
+    out: Path, summary: dict[str, Any], failures: list[dict], qc_cfg: dict
+) -> dict[str, str]:
     """Failures, QC and summary files for the cache at `out`; returns their paths."""
     from preprocessing.qc import write_qc
 
     paths = report_paths(out)
     write_failures(paths, failures)
-    qc_written = write_qc(out, paths['qc_json'], paths['qc_png'], samples=int(qc_cfg.get('samples', 8)))
+    qc_written = write_qc(
+        out, paths['qc_json'], paths['qc_png'], samples=int(qc_cfg.get('samples', 8))
+    )
     if not qc_written:
         paths.pop('qc_png')
     summary = {**summary, 'reports': paths}

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import h5py
 
 from preprocessing import reports
-from preprocessing.cache import CacheWriter, VOLUMES, open_cache, write_single_volume
+from preprocessing.cache import VOLUMES, CacheWriter, open_cache, write_single_volume
 from preprocessing.checks import CheckLimits
 from preprocessing.errors import PreprocessError
 from preprocessing.manifest import build_manifest, write_manifest
@@ -112,8 +112,13 @@ def _work(job: tuple[dict, dict, dict, float | None, str]) -> dict[str, str]:
     except Exception as exc:  # one odd file must not stop a cohort run; the report keeps the type
         _logger.debug('unexpected error on %s', row['path'], exc_info=True)
         stage, reason = 'read', f'{type(exc).__name__}: {exc}'
-    return {'volume_id': row['volume_id'], 'path': str(row['path']), 'status': 'failed',
-            'stage': stage, 'reason': reason}
+    return {
+        'volume_id': row['volume_id'],
+        'path': str(row['path']),
+        'status': 'failed',
+        'stage': stage,
+        'reason': reason,
+    }
 
 
 def _init_worker(threads: int) -> None:
@@ -133,7 +138,9 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> Iterator[dict[
             yield result
     else:
         ctx = multiprocessing.get_context('spawn')
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)) as pool:
+        with cf.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)
+        ) as pool:
             for future in cf.as_completed([pool.submit(_work, job) for job in jobs]):
                 bar.update()
                 yield future.result()
@@ -162,13 +169,18 @@ def _reusable_from(out: Path, recipe: Recipe, rows: list[dict]) -> set[str]:
     if cache.kind != 'single' or cache.recipe_hash != recipe.hash:
         return set()
     with cache:
-        return {r['volume_id'] for r in rows if r['volume_id'] in cache
-                and cache.attrs(r['volume_id']).get('source_path') == str(r['path'])}
+        return {
+            r['volume_id']
+            for r in rows
+            if r['volume_id'] in cache
+            and cache.attrs(r['volume_id']).get('source_path') == str(r['path'])
+        }
 
 
 def _select_rows(cfg: dict) -> list[dict]:
-    rows = build_manifest(cfg['input'], cfg.get('metadata') or None, cfg['prefer_version'],
-                          cfg['drop_no_chest'])
+    rows = build_manifest(
+        cfg['input'], cfg.get('metadata') or None, cfg['prefer_version'], cfg['drop_no_chest']
+    )
     if cfg.get('limit'):
         rows = rows[: int(cfg['limit'])]
     shard = parse_shard(cfg.get('shard'))
@@ -177,7 +189,9 @@ def _select_rows(cfg: dict) -> list[dict]:
     return rows
 
 
-def _assemble(out: Path, recipe: Recipe, rows: list[dict], parts: Path, reuse: set[str]) -> list[str]:
+def _assemble(
+    out: Path, recipe: Recipe, rows: list[dict], parts: Path, reuse: set[str]
+) -> list[str]:
     """Write the cache in manifest order from the parts and the previous cache."""
     written = []
     previous = h5py.File(out, 'r') if reuse else None
@@ -217,25 +231,52 @@ def run(cfg: dict) -> Summary:
     parts.mkdir(parents=True, exist_ok=True)
     write_manifest(rows, parts / 'manifest.csv')
     reuse = _reusable_from(out, recipe, rows)
-    done = {r['volume_id'] for r in rows if _part_is_valid(parts / f'{r["volume_id"]}.h5', recipe, r)}
+    done = {
+        r['volume_id'] for r in rows if _part_is_valid(parts / f'{r["volume_id"]}.h5', recipe, r)
+    }
     todo = [r for r in rows if r['volume_id'] not in done | reuse]
-    _logger.info('%d volumes: %d finished earlier, %d to process (recipe %s, %s)', len(rows),
-                 len(rows) - len(todo), len(todo), recipe.name, recipe.hash)
-    jobs = [(r, recipe.to_dict(), limits, cfg['radchest_spacing'], str(parts / f'{r["volume_id"]}.h5'))
-            for r in todo]
-    failures = [res for res in _run_jobs(jobs, int(cfg['workers']), cfg['progress'])
-                if res['status'] == 'failed']
+    _logger.info(
+        '%d volumes: %d finished earlier, %d to process (recipe %s, %s)',
+        len(rows),
+        len(rows) - len(todo),
+        len(todo),
+        recipe.name,
+        recipe.hash,
+    )
+    jobs = [
+        (r, recipe.to_dict(), limits, cfg['radchest_spacing'], str(parts / f'{r["volume_id"]}.h5'))
+        for r in todo
+    ]
+    failures = [
+        res
+        for res in _run_jobs(jobs, int(cfg['workers']), cfg['progress'])
+        if res['status'] == 'failed'
+    ]
     order = {r['volume_id']: i for i, r in enumerate(rows)}
     failures.sort(key=lambda f: order[f['volume_id']])
     written = _assemble(out, recipe, rows, parts, reuse)
-    summary = Summary(out=str(out), recipe=recipe.name, recipe_hash=recipe.hash, total=len(rows),
-                      ok=len(todo) - len(failures), skipped=len(rows) - len(todo),
-                      failed=len(failures), strict=bool(cfg['strict']),
-                      failures=[{k: f[k] for k in ('volume_id', 'path', 'stage', 'reason')} for f in failures])
+    summary = Summary(
+        out=str(out),
+        recipe=recipe.name,
+        recipe_hash=recipe.hash,
+        total=len(rows),
+        ok=len(todo) - len(failures),
+        skipped=len(rows) - len(todo),
+        failed=len(failures),
+        strict=bool(cfg['strict']),
+        failures=[{k: f[k] for k in ('volume_id', 'path', 'stage', 'reason')} for f in failures],
+    )
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.reports = reports.write_reports(out, summary.to_dict(), failures, cfg.get('qc') or {})
     if not cfg['keep_parts']:
         shutil.rmtree(parts, ignore_errors=True)
-    _logger.info('cache %s: %d volumes (%d new, %d reused, %d failed) in %.1f s', out, len(written),
-                 summary.ok, summary.skipped, summary.failed, summary.seconds)
+    _logger.info(
+        'cache %s: %d volumes (%d new, %d reused, %d failed) in %.1f s',
+        out,
+        len(written),
+        summary.ok,
+        summary.skipped,
+        summary.failed,
+        summary.seconds,
+    )
     return summary

@@ -126,6 +126,7 @@ ctclip_setup() {
 CTCLIP_STOP_REQUESTED=0
 CTCLIP_STEP_PID=
 CTCLIP_STOP_SIGNAL=${CTCLIP_STOP_SIGNAL:-USR1}
+CTCLIP_RESIGNAL_S=${CTCLIP_RESIGNAL_S:-10}
 
 _ctclip_on_usr1() {
   ctclip_log "USR1: time limit or preemption ahead; asking the step to checkpoint and exit"
@@ -152,11 +153,11 @@ ctclip_run_step() {
   local rc=0 waited=0
   while kill -0 "$CTCLIP_STEP_PID" 2>/dev/null; do
     if [ "$CTCLIP_STOP_REQUESTED" = 1 ]; then
-      # a worker still starting up ignores USR1: re-send every 10 s until the step is gone
+      # a worker still starting up ignores USR1: re-send every CTCLIP_RESIGNAL_S s until the step is gone
       sleep 1 &
       wait $! || true
       waited=$((waited + 1))
-      if [ $((waited % 10)) = 0 ] && kill -0 "$CTCLIP_STEP_PID" 2>/dev/null; then
+      if [ $((waited % CTCLIP_RESIGNAL_S)) = 0 ] && kill -0 "$CTCLIP_STEP_PID" 2>/dev/null; then
         ctclip_log "step still running ${waited} s after the stop request; re-sending $CTCLIP_STOP_SIGNAL"
         kill -"$CTCLIP_STOP_SIGNAL" "$CTCLIP_STEP_PID" 2>/dev/null || true
       fi

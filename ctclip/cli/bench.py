@@ -36,6 +36,7 @@ def _common(p: argparse.ArgumentParser, model: bool = False) -> None:
         )
         p.add_argument('--limit', type=int, help='only the first N labelled volumes (smoke runs)')
         p.add_argument('--batch-size', type=int, help='volumes per forward pass')
+        p.add_argument('--device', help='auto (default: cuda when available), cpu, cuda, cuda:1')
 
 
 def _scoring_flags(p: argparse.ArgumentParser) -> None:

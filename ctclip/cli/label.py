@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_label(args: argparse.Namespace, overrides: list[str]) -> int:
     from ctclip.config import resolve
+    from llm_labeling.backends import FatalBackendError
     from llm_labeling.runner import label_reports
 
     flags = {
@@ -72,7 +73,7 @@ def _run_label(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = resolve({}, args.config, flags, overrides)
     try:
         out = label_reports(cfg)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FatalBackendError) as e:
         raise SystemExit(f'ctclip label: {e}') from None
     print(f'wrote {out}/labels.csv, evidence.jsonl, labels.meta.json, failures.csv')
     return 0

@@ -25,19 +25,33 @@ Reports are written next to the cache: .failures.csv/.json, .summary.json, .qc.j
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--input', help='cohort folder (CT-RATE tree, NIfTI/DICOM/.npz folder) or manifest.csv')
+    parser.add_argument(
+        '--input', help='cohort folder (CT-RATE tree, NIfTI/DICOM/.npz folder) or manifest.csv'
+    )
     parser.add_argument('--out', help='output cache file (.h5)')
     parser.add_argument('--recipe', help='named recipe: li2025 (default), ctclip, merlin, small')
-    parser.add_argument('--metadata', nargs='+', help='CT-RATE metadata CSV(s) with geometry and rescale columns')
-    parser.add_argument('--prefer-version', choices=['v2', 'v1'], help='CT-RATE file version when both exist (v2)')
+    parser.add_argument(
+        '--metadata', nargs='+', help='CT-RATE metadata CSV(s) with geometry and rescale columns'
+    )
+    parser.add_argument(
+        '--prefer-version', choices=['v2', 'v1'], help='CT-RATE file version when both exist (v2)'
+    )
     parser.add_argument('--workers', type=int, help='worker processes (default 1)')
     parser.add_argument('--shard', help="process slice i of n of the manifest, as 'i/n' (0-based)")
-    parser.add_argument('--strict', action='store_true', default=None, help='exit 1 if any volume failed')
+    parser.add_argument(
+        '--strict', action='store_true', default=None, help='exit 1 if any volume failed'
+    )
     parser.add_argument('--limit', type=int, help='only the first N volumes of the manifest')
-    parser.add_argument('--radchest-spacing', type=float, help='override the .npz spacing (mm, isotropic)')
-    parser.add_argument('--keep-parts', action='store_true', default=None, help='keep per-volume part files')
+    parser.add_argument(
+        '--radchest-spacing', type=float, help='override the .npz spacing (mm, isotropic)'
+    )
+    parser.add_argument(
+        '--keep-parts', action='store_true', default=None, help='keep per-volume part files'
+    )
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    parser.add_argument('--list-recipes', action='store_true', help='print the named recipes and exit')
+    parser.add_argument(
+        '--list-recipes', action='store_true', help='print the named recipes and exit'
+    )
     sub = parser.add_subparsers(dest='action', metavar='ACTION')
     merge = sub.add_parser('merge', help='expose shard caches as one cache (no copying)')
     merge.add_argument('--out', dest='merge_out', required=True, help='merged cache file to write')
@@ -60,7 +74,10 @@ def _merge(args: argparse.Namespace) -> int:
     out = Path(args.merge_out)
     shards = [Path(s) for s in args.shards] or find_shards(out)
     if not shards:
-        print(f'no shard files given and none match {out.stem}.shard*-of-*{out.suffix}', file=sys.stderr)
+        print(
+            f'no shard files given and none match {out.stem}.shard*-of-*{out.suffix}',
+            file=sys.stderr,
+        )
         return 2
     merge_caches(out, shards)
     print(f'merged {len(shards)} shards into {out}')
@@ -80,10 +97,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from preprocessing import run as run_preprocess
 
     flags = {
-        'input': args.input, 'out': args.out, 'recipe': args.recipe, 'metadata': args.metadata,
-        'prefer_version': args.prefer_version, 'workers': args.workers, 'shard': args.shard,
-        'strict': args.strict, 'limit': args.limit, 'radchest_spacing': args.radchest_spacing,
-        'keep_parts': args.keep_parts, 'progress': False if args.no_progress else None,
+        'input': args.input,
+        'out': args.out,
+        'recipe': args.recipe,
+        'metadata': args.metadata,
+        'prefer_version': args.prefer_version,
+        'workers': args.workers,
+        'shard': args.shard,
+        'strict': args.strict,
+        'limit': args.limit,
+        'radchest_spacing': args.radchest_spacing,
+        'keep_parts': args.keep_parts,
+        'progress': False if args.no_progress else None,
     }
     cfg = resolve(_defaults(), args.config, flags, overrides)
     try:
@@ -94,7 +119,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     counts = {k: getattr(summary, k) for k in ('total', 'ok', 'skipped', 'failed', 'seconds')}
     print(f'{summary.out}: {json.dumps(counts)}')
     for failure in summary.failures[:20]:
-        print(f"  failed {failure['volume_id']} [{failure['stage']}] {failure['reason']}", file=sys.stderr)
+        print(
+            f'  failed {failure["volume_id"]} [{failure["stage"]}] {failure["reason"]}',
+            file=sys.stderr,
+        )
     if summary.failed:
-        print(f"failures report: {summary.reports.get('failures_csv')}", file=sys.stderr)
+        print(f'failures report: {summary.reports.get("failures_csv")}', file=sys.stderr)
     return summary.exit_code

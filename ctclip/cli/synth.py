@@ -17,18 +17,35 @@ reports.csv, spacing.json, truth.jsonl. A rerun with the same settings resumes.
 Config keys (YAML or key=value): synth.out, synth.n, synth.seed, synth.layout, synth.small, synth.workers.
 """
 
-DEFAULTS = {'synth': {'out': None, 'n': 200, 'seed': 0, 'layout': 'ct-rate', 'small': False, 'workers': 1}}
+DEFAULTS = {
+    'synth': {'out': None, 'n': 200, 'seed': 0, 'layout': 'ct-rate', 'small': False, 'workers': 1}
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', help='output folder (the cohort root)')
     parser.add_argument('--n', type=int, help='number of scans (= reports); default 200')
-    parser.add_argument('--seed', type=int, help='random seed; the cohort is a function of it (default 0)')
-    parser.add_argument('--layout', choices=['ct-rate', 'rad-chestct'], help='folder layout (default ct-rate)')
-    parser.add_argument('--small', action='store_true', default=None,
-                        help='coarse grids (128-160 px, 4-6 mm slices) for tests and the demo')
-    parser.add_argument('--workers', type=int, help='worker processes (output does not depend on it)')
+    parser.add_argument(
+        '--seed', type=int, help='random seed; the cohort is a function of it (default 0)'
+    )
+    parser.add_argument(
+        '--layout', choices=['ct-rate', 'rad-chestct'], help='folder layout (default ct-rate)'
+    )
+    parser.add_argument(
+        '--small',
+        action='store_true',
+        default=None,
+        help='coarse grids (128-160 px, 4-6 mm slices) for tests and the demo',
+    )
+    parser.add_argument(
+        '--workers', type=int, help='worker processes (output does not depend on it)'
+    )
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    parser.add_argument(
+        '--gallery',
+        action='store_true',
+        help='also draw DIR/gallery.png: one slice per finding with its box',
+    )
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -37,11 +54,24 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from ctclip.config import resolve
     from ctclip.synth import generate_cohort
 
-    flags = {f'synth.{k}': getattr(args, k) for k in ('out', 'n', 'seed', 'layout', 'small', 'workers')}
+    flags = {
+        f'synth.{k}': getattr(args, k) for k in ('out', 'n', 'seed', 'layout', 'small', 'workers')
+    }
     cfg = resolve(DEFAULTS, args.config, flags, overrides)['synth']
     if not cfg.get('out'):
         raise SystemExit('ctclip synth: --out (or synth.out=DIR) is required')
-    root = generate_cohort(Path(cfg['out']), n=int(cfg['n']), seed=int(cfg['seed']), layout=str(cfg['layout']),
-                           small=bool(cfg['small']), workers=int(cfg['workers']), progress=not args.no_progress)
+    root = generate_cohort(
+        Path(cfg['out']),
+        n=int(cfg['n']),
+        seed=int(cfg['seed']),
+        layout=str(cfg['layout']),
+        small=bool(cfg['small']),
+        workers=int(cfg['workers']),
+        progress=not args.no_progress,
+    )
     print(f'synthetic cohort written to {root}')
+    if args.gallery:
+        from ctclip.synth.gallery import finding_gallery
+
+        print(f'gallery: {finding_gallery(root, root / "gallery.png")}')
     return 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctclip.synth.geometry import Canvas, Grid
+from ctclip.synth.geometry import Canvas
 
 # HU of the tissues, in one place (tests check the rendered volumes against these).
 HU = {
@@ -93,7 +93,10 @@ def sample_anatomy(rng: np.random.Generator, sex: str, age: int) -> Anatomy:
         heart_centre=heart_centre,
         heart_semi=heart_semi,
         heart_angle=float(rng.uniform(0.3, 0.55)),
-        aorta_radius=(float(rng.uniform(14, 16) + age_widening), float(rng.uniform(10.5, 12.5) + age_widening / 2)),
+        aorta_radius=(
+            float(rng.uniform(14, 16) + age_widening),
+            float(rng.uniform(10.5, 12.5) + age_widening / 2),
+        ),
         trachea_radius=float(rng.uniform(8, 10)),
     )
 
@@ -116,6 +119,13 @@ def aorta_path(anat: Anatomy) -> list[np.ndarray]:
     return [np.array(p, np.float32) for p in pts]
 
 
+def effusion_level(anat: Anatomy, side: int, depth: float, z: np.ndarray) -> np.ndarray:
+    """y above which a layering pleural effusion of `depth` mm fills the lung (supine: posterior)."""
+    _, b_c, shift = anat.cavity
+    base = anat.dome_z[0 if side < 0 else 1] - 70.0
+    return shift + b_c - depth + 0.55 * (z - base)
+
+
 def hilum(anat: Anatomy, side: int) -> np.ndarray:
     """Hilum position of the right (-1) or left (+1) lung."""
     return np.array([-22.0 if side < 0 else -30.0, anat.trachea_y + 12, side * 52.0], np.float32)
@@ -129,7 +139,9 @@ class AnatomyPainter:
         self.cv = canvas
         self.z, self.y, self.x = canvas.grid.axes()
 
-    def paint(self, heart: tuple[np.ndarray, np.ndarray] | None = None, skeleton: bool = True) -> None:
+    def paint(
+        self, heart: tuple[np.ndarray, np.ndarray] | None = None, skeleton: bool = True
+    ) -> None:
         self.body()
         if skeleton:
             self.skeleton()
@@ -180,7 +192,9 @@ class AnatomyPainter:
         cv.hu[full & canal] = HU['csf']
         cv.masks['bone'] = (full & (body_col | arch | spinous)) & ~(in_disc & body_col)
         cv.masks['spine'] = full & (body_col | arch | spinous | canal)
-        sternum = (np.abs(self.x) <= 16) & (self.y >= shift - b_c - 12) & (self.y <= shift - b_c + 2)
+        sternum = (
+            (np.abs(self.x) <= 16) & (self.y >= shift - b_c - 12) & (self.y <= shift - b_c + 2)
+        )
         low = an.heart_centre[0] - an.heart_semi[0] * 0.8
         st = sternum & (self.z >= low) & (self.z <= an.apex_z - 40)
         cv.hu[st] = HU['cancellous']
@@ -192,12 +206,16 @@ class AnatomyPainter:
         an, cv = self.anat, self.cv
         rn = np.sqrt((self.x / a) ** 2 + ((self.y - shift) / b) ** 2)
         radial = (rn - 1.0) * (0.5 * (a + b))
-        theta = np.arctan2(np.abs(self.x) / a, (self.y - shift) / b)  # 0 at the back, pi at the front
+        theta = np.arctan2(
+            np.abs(self.x) / a, (self.y - shift) / b
+        )  # 0 at the back, pi at the front
         top = an.apex_z - 5.0
         along = top - 22.0 * (theta - 0.35) - self.z  # 0 on rib 0, 24 on rib 1, ...
         index = np.round(along / 24.0)
         dz = along - 24.0 * index
-        valid = (theta >= 0.35) & (theta <= 2.4) & (index >= 0) & (index < 12) & (np.abs(radial) < 5.0)
+        valid = (
+            (theta >= 0.35) & (theta <= 2.4) & (index >= 0) & (index < 12) & (np.abs(radial) < 5.0)
+        )
         d2 = radial**2 + dz**2
         cortex = valid & (d2 <= 4.5**2)
         cv.hu[cortex] = HU['cortical']
@@ -245,7 +263,7 @@ class AnatomyPainter:
         cv.masks['heart'] = np.zeros(cv.grid.shape_zyx, bool)
         cv.blob(centre, semi, HU['blood'], an.heart_angle, record=cv.masks['heart'])
         path = aorta_path(an)
-        for i, (p0, p1) in enumerate(zip(path[:-1], path[1:])):
+        for i, (p0, p1) in enumerate(zip(path[:-1], path[1:], strict=False)):
             r = an.aorta_radius[0] if i < 2 else an.aorta_radius[1]
             cv.capsule(p0, p1, r + 4, HU['fat'], record=organ)
             cv.capsule(p0, p1, r, HU['blood'], record=cv.mask('aorta'))
@@ -286,7 +304,9 @@ class AnatomyPainter:
             r2d = (self.x - xs) ** 2 + (self.y - shift + 25) ** 2
             surface = dome - r2d / 90.0
             half = side * self.x >= -10 * (side > 0)
-            cv.hu[(self.z < surface) & half & cavity & ~cv.masks['spine']] = HU['muscle']  # diaphragm
+            cv.hu[(self.z < surface) & half & cavity & ~cv.masks['spine']] = HU[
+                'muscle'
+            ]  # diaphragm
             below |= (self.z < surface - 4.0) & half & cavity
         below &= ~cv.masks['spine']
         liver = below & (self.x < 25)

@@ -37,7 +37,7 @@ def plan_cohort(n: int, seed: int, layout: str = 'ct-rate', small: bool = False)
     n_pat = len(per_patient)
     n_valid = max(1, int(round(VALID_FRACTION * n_pat))) if n_pat > 1 else 0
     valid = set(rng.choice(n_pat, size=n_valid, replace=False).tolist()) if n_valid else set()
-    counts, probs = zip(*RECON_COUNTS)
+    counts, probs = zip(*RECON_COUNTS, strict=False)
     tasks, next_pid = [], {'train': 1, 'valid': 1}
     rad_ids = rng.choice(90000, size=n, replace=False) + 10000
     for p, n_scans in enumerate(per_patient):
@@ -55,8 +55,11 @@ def _assign_rad_ids(tasks: list[ScanTask], ids: np.ndarray, rng: np.random.Gener
     """RAD-ChestCT splits: trn / val / tst by patient, about 63 / 27 / 10 like the public subset."""
     patients = sorted({t.patient_no for t in tasks})
     draw = rng.random(len(patients))
-    prefix = {p: 'trn' if u < 0.63 else ('val' if u < 0.9 else 'tst') for p, u in zip(patients, draw)}
-    for t, i in zip(tasks, ids):
+    prefix = {
+        p: 'trn' if u < 0.63 else ('val' if u < 0.9 else 'tst')
+        for p, u in zip(patients, draw, strict=False)
+    }
+    for t, i in zip(tasks, ids, strict=False):
         t.rad_id = f'{prefix[t.patient_no]}{int(i):05d}'
 
 
@@ -86,13 +89,17 @@ def generate_cohort(
     if workers < 1:
         raise ValueError(f'workers must be >= 1, not {workers!r}')
     out = Path(out)
-    settings = dict(n=int(n), seed=int(seed), layout=layout, small=bool(small), format_version=FORMAT_VERSION)
+    settings = dict(
+        n=int(n), seed=int(seed), layout=layout, small=bool(small), format_version=FORMAT_VERSION
+    )
     parts = _prepare(out, settings)
     tasks = plan_cohort(int(n), int(seed), layout, bool(small))
-    todo = [t for t in tasks if not (parts / f'{t.scan_name}.json').is_file()]
+    todo = [t for t in tasks if not _done(t, out)]
     _logger.info('synth: %d scans (%d to do) in %s', len(tasks), len(todo), out)
     jobs = [(t, str(out)) for t in todo]
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc='synth scans', disable=not progress)
+    bar = tqdm(
+        total=len(tasks), initial=len(tasks) - len(todo), desc='synth scans', disable=not progress
+    )
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
             _run_job(job)
@@ -120,12 +127,23 @@ def _prepare(out: Path, settings: dict) -> Path:
     if stamp.is_file():
         old = json.loads(stamp.read_text())
         if old != settings:
-            raise ValueError(f'{out} holds a cohort made with {old}, not {settings}; use another --out')
+            raise ValueError(
+                f'{out} holds a cohort made with {old}, not {settings}; use another --out'
+            )
     parts.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         with layouts.atomic_path(stamp) as tmp:
             tmp.write_text(json.dumps(settings))
     return parts
+
+
+def _done(task: ScanTask, out: Path) -> bool:
+    """A scan is finished when its part file and all its volume files exist."""
+    if not (out / '.synth' / 'parts' / f'{task.scan_name}.json').is_file():
+        return False
+    if task.layout == 'rad-chestct':
+        return radchestct.volume_path(out, task.rad_id).is_file()
+    return all(p.is_file() for name in task.volume_names() for p in layouts.ctrate_paths(out, name))
 
 
 def _run_job(job: tuple[ScanTask, str]) -> None:
@@ -140,16 +158,30 @@ def build_scan(task: ScanTask, out: Path) -> dict:
     """Render and write every reconstruction of one scan; return its table rows and truth."""
     plan = plan_scan(task)
     names = task.volume_names()
-    record = dict(scan=task.scan_name, split=task.split, volumes=[], truth=[], metadata=[], reports=[], labels=[])
+    record = dict(
+        scan=task.scan_name,
+        split=task.split,
+        volumes=[],
+        truth=[],
+        metadata=[],
+        reports=[],
+        labels=[],
+    )
     present = set(plan.findings)
     for r, name in enumerate(names):
-        hu, masks, outside = render_recon(plan, r)
+        hu, masks, outside, _ = render_recon(plan, r)
         recon = plan.recons[r]
         hu = np.clip(np.rint(hu), -1024, 3071)
         if task.layout == 'ct-rate':
             hu[outside] = plan.scanner['intercept']  # padding: stored value 0
-            layouts.write_ctrate_volume(out, name, hu.astype(np.int16), recon['grid'].spacing_zyx,
-                                        recon['ipp_xyz'], plan.scanner['intercept'])
+            layouts.write_ctrate_volume(
+                out,
+                name,
+                hu.astype(np.int16),
+                recon['grid'].spacing_zyx,
+                recon['ipp_xyz'],
+                plan.scanner['intercept'],
+            )
             record['metadata'].append(layouts.metadata_row(name, plan.scanner, recon))
             record['reports'].append({'VolumeName': name, **plan.report})
         else:
@@ -173,16 +205,39 @@ def truth_line(plan: ScanPlan, r: int, name: str, masks: dict[str, np.ndarray]) 
         idx = np.nonzero(mask) if mask is not None else (np.array([]),) * 3
         if idx[0].size == 0:
             _logger.warning('%s: %s covers no voxel of %s', t.scan_name, fname, name)
-        bbox = [[int(i.min()) for i in idx], [int(i.max()) + 1 for i in idx]] if idx[0].size else None
+        bbox = (
+            [[int(i.min()) for i in idx], [int(i.max()) + 1 for i in idx]] if idx[0].size else None
+        )
         centre = [round(float(i.mean()), 2) for i in idx] if idx[0].size else None
-        instances = [dict(centre_zyx=[round(float(v), 2) for v in grid.to_index(p['centre'])],
-                          **({'size_mm': round(p['diameter'], 1)} if 'diameter' in p else {}))
-                     for p in f.parts if 'centre' in p]
-        items.append(dict(finding=fname, certainty='certain' if f.certain else 'uncertain', voxels=int(idx[0].size),
-                          centre_zyx=centre, bbox_zyx=bbox, instances=instances, description=_jsonable(f.desc)))
-    return dict(volume=name, patient=f'{t.split}_{t.pid}', scan=t.scan_name, split=t.split,
-                shape_zyx=list(grid.shape_zyx), spacing_zyx=[round(s, 6) for s in grid.spacing_zyx],
-                findings=items, incidental=plan.incidental)
+        instances = [
+            dict(
+                centre_zyx=[round(float(v), 2) for v in grid.to_index(p['centre'])],
+                **({'size_mm': round(p['diameter'], 1)} if 'diameter' in p else {}),
+            )
+            for p in f.parts
+            if 'centre' in p
+        ]
+        items.append(
+            dict(
+                finding=fname,
+                certainty='certain' if f.certain else 'uncertain',
+                voxels=int(idx[0].size),
+                centre_zyx=centre,
+                bbox_zyx=bbox,
+                instances=instances,
+                description=_jsonable(f.desc),
+            )
+        )
+    return dict(
+        volume=name,
+        patient=f'{t.split}_{t.pid}',
+        scan=t.scan_name,
+        split=t.split,
+        shape_zyx=list(grid.shape_zyx),
+        spacing_zyx=[round(s, 6) for s in grid.spacing_zyx],
+        findings=items,
+        incidental=plan.incidental,
+    )
 
 
 def _jsonable(value):
@@ -199,11 +254,23 @@ def _assemble_ctrate(out: Path, records: list[dict]) -> None:
     ds = out / 'dataset'
     for split, long in (('train', 'train'), ('valid', 'validation')):
         mine = [r for r in records if r['split'] == split]
-        rows = lambda key: [row for r in mine for row in r[key]]  # noqa: E731
-        layouts.write_csv(ds / 'metadata' / f'{long}_metadata.csv', layouts.METADATA_COLUMNS, rows('metadata'))
-        layouts.write_csv(ds / 'radiology_text_reports' / f'{long}_reports.csv', layouts.REPORT_COLUMNS, rows('reports'))
-        layouts.write_csv(ds / 'multi_abnormality_labels' / f'{split}_predicted_labels.csv',
-                          ('VolumeName', *FINDINGS), rows('labels'))
+
+        def rows(key: str, mine: list[dict] = mine) -> list[dict]:
+            return [row for r in mine for row in r[key]]
+
+        layouts.write_csv(
+            ds / 'metadata' / f'{long}_metadata.csv', layouts.METADATA_COLUMNS, rows('metadata')
+        )
+        layouts.write_csv(
+            ds / 'radiology_text_reports' / f'{long}_reports.csv',
+            layouts.REPORT_COLUMNS,
+            rows('reports'),
+        )
+        layouts.write_csv(
+            ds / 'multi_abnormality_labels' / f'{split}_predicted_labels.csv',
+            ('VolumeName', *FINDINGS),
+            rows('labels'),
+        )
 
 
 def _write_truth(out: Path, records: list[dict]) -> None:

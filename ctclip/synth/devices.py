@@ -19,8 +19,10 @@ def _front(anat: Anatomy, x: float) -> float:
     return -anat.half_depth * (1 - ratio**2.2) ** (1 / 2.2)
 
 
-def _polyline(cv: Canvas, pts: list[np.ndarray], radius: float, value: float, rec: np.ndarray) -> None:
-    for a, b in zip(pts[:-1], pts[1:]):
+def _polyline(
+    cv: Canvas, pts: list[np.ndarray], radius: float, value: float, rec: np.ndarray
+) -> None:
+    for a, b in zip(pts[:-1], pts[1:], strict=False):
         cv.capsule(a, b, radius, value, record=rec)
 
 
@@ -28,13 +30,21 @@ def paint_device(cv: Canvas, anat: Anatomy, part: dict, rec: np.ndarray) -> None
     kind, side = part['kind'], part['side']
     hz, hy, hx = anat.heart_centre
     top = anat.apex_z - 30.0
-    svc = [np.array([top - 10, hy - 5, -32.0]), np.array([hz + anat.heart_semi[0] * 0.6, hy + 5, -30.0])]
+    svc = [
+        np.array([top - 10, hy - 5, -32.0]),
+        np.array([hz + anat.heart_semi[0] * 0.6, hy + 5, -30.0]),
+    ]
     if kind == 'pacemaker':
         x = side * 75.0
         gen = np.array([top, _front(anat, x) + 9.0, x])
         cv.blob(gen, np.array([22.0, 6.0, 25.0]), METAL, record=rec)
-        lead = [gen, np.array([top + 5, _front(anat, 45) + 25, side * 45.0]), *svc,
-                np.array([hz - 10, hy - 10, hx - 15]), np.array([hz - 25, hy - 25, hx + 10])]
+        lead = [
+            gen,
+            np.array([top + 5, _front(anat, 45) + 25, side * 45.0]),
+            *svc,
+            np.array([hz - 10, hy - 10, hx - 15]),
+            np.array([hz - 25, hy - 25, hx + 10]),
+        ]
         _polyline(cv, lead, 1.9, METAL, rec)
     elif kind == 'port catheter':
         x = -60.0
@@ -47,12 +57,14 @@ def paint_device(cv: Canvas, anat: Anatomy, part: dict, rec: np.ndarray) -> None
         for i in range(part['count']):
             z = hz + anat.heart_semi[0] * 0.9 - 16.0 * i
             theta = np.linspace(0, 2 * np.pi, 13)
-            ring = [np.array([z, y0 + 11.0 * np.sin(t), 21.0 * np.cos(t)]) for t in theta]
+            ring = [np.array([z, y0 + 15.0 * np.sin(t), 27.0 * np.cos(t)]) for t in theta]
             _polyline(cv, ring, 1.9, METAL, rec)
     elif kind == 'surgical clips':
         base = np.array([-10.0, anat.trachea_y - 20, 30.0 * side])
         for j in range(part['count']):
             c = base + part['jitter'][j]
-            cv.blob(c, np.array([2.5, 2.5, 4.0]), METAL, record=rec)
+            cv.blob(c, np.array([3.0, 3.0, 5.0]), METAL, record=rec)
     else:
-        raise ValueError(f'Medical material kind must be pacemaker, port catheter, sternotomy wires or surgical clips, not {kind!r}')
+        raise ValueError(
+            f'Medical material kind must be pacemaker, port catheter, sternotomy wires or surgical clips, not {kind!r}'
+        )

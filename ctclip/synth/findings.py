@@ -47,7 +47,9 @@ def _lobes(pmap: PlacementMap, parts: list[dict]) -> list[str]:
 class FindingSampler:
     """Draws the geometry of each finding for one scan."""
 
-    def __init__(self, rng: np.random.Generator, anat: Anatomy, pmap: PlacementMap, tree: list[Segment]):
+    def __init__(
+        self, rng: np.random.Generator, anat: Anatomy, pmap: PlacementMap, tree: list[Segment]
+    ):
         self.rng, self.anat, self.pmap, self.tree = rng, anat, pmap, tree
 
     def sample(self, name: str) -> Finding:
@@ -62,11 +64,26 @@ class FindingSampler:
             diameter = float(np.clip(8.0 + rng.gamma(2.0, 3.5), 8.0, 28.0))
             centre = self.pmap.pick(rng, side, min_depth=diameter / 2 + 4)
             kind = rng.choice(['solid', 'solid', 'solid', 'part-solid', 'calcified'])
-            satellites = [centre + rng.normal(0, diameter * 0.25, 3) for _ in range(int(rng.integers(0, 3)))]
-            f.parts.append(dict(centre=centre, side=side, diameter=diameter, kind=str(kind), satellites=satellites))
+            satellites = [
+                centre + rng.normal(0, diameter * 0.25, 3) for _ in range(int(rng.integers(0, 3)))
+            ]
+            f.parts.append(
+                dict(
+                    centre=centre,
+                    side=side,
+                    diameter=diameter,
+                    kind=str(kind),
+                    satellites=satellites,
+                )
+            )
         f.parts.sort(key=lambda p: -p['diameter'])
-        f.desc = dict(side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts),
-                      size=round(f.parts[0]['diameter']), count=len(f.parts), kind=f.parts[0]['kind'])
+        f.desc = dict(
+            side=_side_word([p['side'] for p in f.parts]),
+            lobes=_lobes(self.pmap, f.parts),
+            size=round(f.parts[0]['diameter']),
+            count=len(f.parts),
+            kind=f.parts[0]['kind'],
+        )
         return f
 
     def _patches(self, f: Finding, count: int, semi: tuple[float, float], **where) -> None:
@@ -76,8 +93,12 @@ class FindingSampler:
             side = sides[i % len(sides)]
             axes = rng.uniform(*semi, 3)
             centre = self.pmap.pick(rng, side, min_depth=6.0, **where)
-            f.parts.append(dict(centre=centre, side=side, semi=axes, angle=float(rng.uniform(0, np.pi))))
-        f.desc = dict(side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts))
+            f.parts.append(
+                dict(centre=centre, side=side, semi=axes, angle=float(rng.uniform(0, np.pi)))
+            )
+        f.desc = dict(
+            side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts)
+        )
 
     def _lung_opacity(self, f: Finding) -> Finding:
         self._patches(f, int(self.rng.integers(1, 4)), (14.0, 30.0))
@@ -92,13 +113,22 @@ class FindingSampler:
         rng = self.rng
         kind = str(rng.choice(['linear', 'subsegmental', 'compressive']))
         for side in _sides(rng, 0.35):
-            centre = self.pmap.pick(rng, side, zone='lower', posterior=True, min_depth=5.0, max_depth=30.0)
+            posterior = kind == 'compressive'
+            centre = self.pmap.pick(
+                rng, side, zone='lower', posterior=posterior, min_depth=5.0, max_depth=30.0
+            )
             if kind == 'compressive':
                 semi = np.array([rng.uniform(18, 28), rng.uniform(10, 14), rng.uniform(28, 40)])
             else:
                 semi = np.array([rng.uniform(12, 18), rng.uniform(3.5, 4.5), rng.uniform(22, 34)])
-            f.parts.append(dict(centre=centre, side=side, semi=semi, angle=float(rng.uniform(-0.4, 0.4))))
-        f.desc = dict(side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts), kind=kind)
+            f.parts.append(
+                dict(centre=centre, side=side, semi=semi, angle=float(rng.uniform(-0.4, 0.4)))
+            )
+        f.desc = dict(
+            side=_side_word([p['side'] for p in f.parts]),
+            lobes=_lobes(self.pmap, f.parts),
+            kind=kind,
+        )
         return f
 
     def _pulmonary_fibrotic_sequela(self, f: Finding) -> Finding:
@@ -110,18 +140,27 @@ class FindingSampler:
                 d = rng.normal(0, 1, 3)
                 d[2] = side * abs(d[2]) + side * 0.8  # towards the lateral pleura
                 d /= np.linalg.norm(d)
-                bands.append(centre + d * rng.uniform(25, 40))
-            f.parts.append(dict(centre=centre, side=side, ends=bands, radius=float(rng.uniform(2.0, 2.6))))
-        f.desc = dict(side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts))
+                bands.append(centre + d * rng.uniform(30, 48))
+            f.parts.append(
+                dict(centre=centre, side=side, ends=bands, radius=float(rng.uniform(2.4, 3.0)))
+            )
+        f.desc = dict(
+            side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts)
+        )
         return f
 
     def _pleural_effusion(self, f: Finding) -> Finding:
         rng = self.rng
         for side in _sides(rng, 0.45):
-            f.parts.append(dict(side=side, depth=float(rng.uniform(18, 45)), hu=float(rng.uniform(6, 18))))
+            f.parts.append(
+                dict(side=side, depth=float(rng.uniform(18, 45)), hu=float(rng.uniform(6, 18)))
+            )
         big = max(p['depth'] for p in f.parts)
-        f.desc = dict(side=_side_word([p['side'] for p in f.parts]), size=round(big),
-                      severity='minimal' if big < 25 else ('moderate' if big > 35 else 'mild'))
+        f.desc = dict(
+            side=_side_word([p['side'] for p in f.parts]),
+            size=round(big),
+            severity='minimal' if big < 25 else ('moderate' if big > 35 else 'mild'),
+        )
         return f
 
     def _emphysema(self, f: Finding) -> Finding:
@@ -131,16 +170,34 @@ class FindingSampler:
         for side in (-1, 1):
             if kind == 'centrilobular':
                 for _ in range(int(rng.integers(30, 70))):
-                    holes.append((self.pmap.pick(rng, side, zone='upper', min_depth=6.0), float(rng.uniform(3.5, 7.0))))
+                    holes.append(
+                        (
+                            self.pmap.pick(rng, side, zone='upper', min_depth=6.0),
+                            float(rng.uniform(3.5, 7.0)),
+                        )
+                    )
             else:
-                count = int(rng.integers(6, 14)) if kind == 'paraseptal' else int(rng.integers(2, 5))
+                count = (
+                    int(rng.integers(6, 14)) if kind == 'paraseptal' else int(rng.integers(2, 5))
+                )
                 size = (5.0, 9.0) if kind == 'paraseptal' else (12.0, 24.0)
                 for _ in range(count):
                     r = float(rng.uniform(*size))
-                    holes.append((self.pmap.pick(rng, side, zone='upper', min_depth=r * 0.6, max_depth=r + 6), r))
+                    holes.append(
+                        (
+                            self.pmap.pick(
+                                rng, side, zone='upper', min_depth=r * 0.6, max_depth=r + 6
+                            ),
+                            r,
+                        )
+                    )
         f.parts = [dict(centre=c, radius=r, side=int(np.sign(c[2]) or 1)) for c, r in holes]
-        f.desc = dict(side='bilateral', kind=kind, zone='upper lobes',
-                      severity=str(rng.choice(['mild', 'moderate', 'marked'])))
+        f.desc = dict(
+            side='bilateral',
+            kind=kind,
+            zone='upper lobes',
+            severity=str(rng.choice(['mild', 'moderate', 'marked'])),
+        )
         return f
 
     def _mosaic_attenuation_pattern(self, f: Finding) -> Finding:
@@ -160,7 +217,9 @@ class FindingSampler:
         volume = (z1 - z0) * 4 * a * b
         seeds = rng.uniform([z0, -b, -a], [z1, b, a], (int(volume / 19.0**3), 3))
         f.parts = [dict(seeds=seeds, band=float(rng.uniform(20, 28)), zone='lower')]
-        f.desc = dict(side='bilateral', zone='lower lobes', kind=str(rng.choice(['smooth', 'nodular'])))
+        f.desc = dict(
+            side='bilateral', zone='lower lobes', kind=str(rng.choice(['smooth', 'nodular']))
+        )
         return f
 
     # --- airways ----------------------------------------------------------------------------------
@@ -172,17 +231,34 @@ class FindingSampler:
     def _bronchiectasis(self, f: Finding) -> Finding:
         rng = self.rng
         sides = _sides(rng, 0.5)
-        pool = [s for s in self.tree if 2 <= s.generation <= 4 and s.side in sides
-                and s.p1[0] < s.p0[0] and self.pmap.inside((s.p0 + s.p1) / 2, s.side)]
+        pool = [
+            s
+            for s in self.tree
+            if 2 <= s.generation <= 4
+            and s.side in sides
+            and s.p1[0] < s.p0[0]
+            and self.pmap.inside((s.p0 + s.p1) / 2, s.side)
+        ]
         pool = pool or [s for s in self.tree if s.generation >= 2]
         picks = rng.choice(len(pool), size=min(len(pool), int(rng.integers(3, 7))), replace=False)
         kind = str(rng.choice(['cylindrical', 'cylindrical', 'varicose', 'cystic']))
         for i in picks:
             seg = pool[int(i)]
             b0, b1, _ = seg.bronchus()
-            f.parts.append(dict(p0=b0, p1=b1, lumen=float(rng.uniform(4.0, 6.5)), side=seg.side,
-                                centre=(b0 + b1) / 2))
-        f.desc = dict(side=_side_word([p['side'] for p in f.parts]), lobes=_lobes(self.pmap, f.parts), kind=kind)
+            f.parts.append(
+                dict(
+                    p0=b0,
+                    p1=b1,
+                    lumen=float(rng.uniform(4.0, 6.5)),
+                    side=seg.side,
+                    centre=(b0 + b1) / 2,
+                )
+            )
+        f.desc = dict(
+            side=_side_word([p['side'] for p in f.parts]),
+            lobes=_lobes(self.pmap, f.parts),
+            kind=kind,
+        )
         return f
 
     # --- heart and vessels --------------------------------------------------------------------------
@@ -202,12 +278,20 @@ class FindingSampler:
 
     def _coronary_artery_wall_calcification(self, f: Finding) -> Finding:
         rng = self.rng
-        arteries = list(rng.choice(['LAD', 'LCx', 'RCA'], size=int(rng.integers(1, 4)), replace=False))
+        arteries = list(
+            rng.choice(['LAD', 'LCx', 'RCA'], size=int(rng.integers(1, 4)), replace=False)
+        )
         for art in arteries:
             for _ in range(int(rng.integers(1, 3))):
-                f.parts.append(dict(artery=str(art), t0=float(rng.uniform(0.0, 0.6)),
-                                    length=float(rng.uniform(0.12, 0.3)), radius=float(rng.uniform(2.3, 3.0)),
-                                    hu=float(rng.uniform(550, 1100))))
+                f.parts.append(
+                    dict(
+                        artery=str(art),
+                        t0=float(rng.uniform(0.0, 0.6)),
+                        length=float(rng.uniform(0.15, 0.3)),
+                        radius=float(rng.uniform(2.8, 3.5)),
+                        hu=float(rng.uniform(550, 1100)),
+                    )
+                )
         f.desc = dict(arteries=[str(a) for a in arteries])
         return f
 
@@ -217,10 +301,19 @@ class FindingSampler:
         for _ in range(int(rng.integers(3, 9))):
             seg = int(rng.integers(1, len(path) - 1))
             d = rng.normal(0, 1, 3)
-            f.parts.append(dict(segment=seg, t=float(rng.uniform(0.1, 0.9)), direction=d / np.linalg.norm(d),
-                                arc=float(rng.uniform(0.5, 0.85)), length=float(rng.uniform(8, 18)),
-                                hu=float(rng.uniform(600, 1100))))
-        where = sorted({'aortic arch' if p['segment'] <= 2 else 'descending aorta' for p in f.parts})
+            f.parts.append(
+                dict(
+                    segment=seg,
+                    t=float(rng.uniform(0.1, 0.9)),
+                    direction=d / np.linalg.norm(d),
+                    arc=float(rng.uniform(0.5, 0.85)),
+                    length=float(rng.uniform(8, 18)),
+                    hu=float(rng.uniform(600, 1100)),
+                )
+            )
+        where = sorted(
+            {'aortic arch' if p['segment'] <= 2 else 'descending aorta' for p in f.parts}
+        )
         f.desc = dict(locations=where)
         return f
 
@@ -246,18 +339,37 @@ class FindingSampler:
         }
         names = rng.choice(list(stations), size=int(rng.integers(1, 4)), replace=False)
         for name in names:
-            short = float(rng.uniform(12, 20))
+            short = float(rng.uniform(14, 24))
             semi = np.array([short * rng.uniform(0.6, 0.8), short / 2, short / 2])
-            f.parts.append(dict(station=str(name), centre=stations[str(name)] + rng.normal(0, 2, 3), semi=semi,
-                                short_axis=short))
-        f.desc = dict(stations=[p['station'] for p in f.parts], size=round(max(p['short_axis'] for p in f.parts)))
+            f.parts.append(
+                dict(
+                    station=str(name),
+                    centre=stations[str(name)] + rng.normal(0, 2, 3),
+                    semi=semi,
+                    short_axis=short,
+                )
+            )
+        f.desc = dict(
+            stations=[p['station'] for p in f.parts],
+            size=round(max(p['short_axis'] for p in f.parts)),
+        )
         return f
 
     def _medical_material(self, f: Finding) -> Finding:
         rng = self.rng
-        kind = str(rng.choice(['pacemaker', 'sternotomy wires', 'port catheter', 'surgical clips'],
-                              p=[0.35, 0.3, 0.2, 0.15]))
-        f.parts = [dict(kind=kind, side=int(rng.choice([-1, 1], p=[0.25, 0.75])), count=int(rng.integers(4, 8)),
-                        jitter=rng.normal(0, 6, (8, 3)))]
+        kind = str(
+            rng.choice(
+                ['pacemaker', 'sternotomy wires', 'port catheter', 'surgical clips'],
+                p=[0.35, 0.3, 0.2, 0.15],
+            )
+        )
+        f.parts = [
+            dict(
+                kind=kind,
+                side=int(rng.choice([-1, 1], p=[0.25, 0.75])),
+                count=int(rng.integers(4, 8)),
+                jitter=rng.normal(0, 6, (8, 3)),
+            )
+        ]
         f.desc = dict(kind=kind)
         return f

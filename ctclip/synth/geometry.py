@@ -24,7 +24,9 @@ class Grid:
     def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Voxel-centre coordinates as broadcastable (D,1,1), (1,H,1), (1,1,W) float32 arrays."""
         out = []
-        for axis, (n, step, start) in enumerate(zip(self.shape_zyx, self.spacing_zyx, self.origin_zyx)):
+        for axis, (n, step, start) in enumerate(
+            zip(self.shape_zyx, self.spacing_zyx, self.origin_zyx, strict=False)
+        ):
             coords = (start + step * np.arange(n)).astype(np.float32)
             shape = [1, 1, 1]
             shape[axis] = n
@@ -43,12 +45,14 @@ class Grid:
         hi = np.minimum(hi, self.shape_zyx)
         if np.any(hi <= lo):
             return None
-        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
 
     def local_axes(self, win: tuple[slice, slice, slice]) -> tuple[np.ndarray, ...]:
         """Voxel-centre coordinates of a window, broadcastable like `axes()`."""
         out = []
-        for axis, (sl, step, start) in enumerate(zip(win, self.spacing_zyx, self.origin_zyx)):
+        for axis, (sl, step, start) in enumerate(
+            zip(win, self.spacing_zyx, self.origin_zyx, strict=False)
+        ):
             coords = (start + step * np.arange(sl.start, sl.stop)).astype(np.float32)
             shape = [1, 1, 1]
             shape[axis] = coords.size

@@ -19,17 +19,58 @@ import numpy as np
 from llm_labeling.schema import FINDINGS
 
 METADATA_COLUMNS = (
-    'VolumeName', 'Manufacturer', 'SeriesDescription', 'ManufacturerModelName', 'PatientSex', 'PatientAge',
-    'ReconstructionDiameter', 'DistanceSourceToDetector', 'DistanceSourceToPatient', 'GantryDetectorTilt',
-    'TableHeight', 'RotationDirection', 'ExposureTime', 'XRayTubeCurrent', 'Exposure', 'FilterType',
-    'GeneratorPower', 'FocalSpots', 'ConvolutionKernel', 'PatientPosition', 'RevolutionTime',
-    'SingleCollimationWidth', 'TotalCollimationWidth', 'TableSpeed', 'TableFeedPerRotation',
-    'SpiralPitchFactor', 'DataCollectionCenterPatient', 'ReconstructionTargetCenterPatient',
-    'ExposureModulationType', 'CTDIvol', 'ImagePositionPatient', 'ImageOrientationPatient', 'SliceLocation',
-    'SamplesPerPixel', 'PhotometricInterpretation', 'Rows', 'Columns', 'XYSpacing', 'RescaleIntercept',
-    'RescaleSlope', 'RescaleType', 'NumberofSlices', 'ZSpacing', 'StudyDate',
+    'VolumeName',
+    'Manufacturer',
+    'SeriesDescription',
+    'ManufacturerModelName',
+    'PatientSex',
+    'PatientAge',
+    'ReconstructionDiameter',
+    'DistanceSourceToDetector',
+    'DistanceSourceToPatient',
+    'GantryDetectorTilt',
+    'TableHeight',
+    'RotationDirection',
+    'ExposureTime',
+    'XRayTubeCurrent',
+    'Exposure',
+    'FilterType',
+    'GeneratorPower',
+    'FocalSpots',
+    'ConvolutionKernel',
+    'PatientPosition',
+    'RevolutionTime',
+    'SingleCollimationWidth',
+    'TotalCollimationWidth',
+    'TableSpeed',
+    'TableFeedPerRotation',
+    'SpiralPitchFactor',
+    'DataCollectionCenterPatient',
+    'ReconstructionTargetCenterPatient',
+    'ExposureModulationType',
+    'CTDIvol',
+    'ImagePositionPatient',
+    'ImageOrientationPatient',
+    'SliceLocation',
+    'SamplesPerPixel',
+    'PhotometricInterpretation',
+    'Rows',
+    'Columns',
+    'XYSpacing',
+    'RescaleIntercept',
+    'RescaleSlope',
+    'RescaleType',
+    'NumberofSlices',
+    'ZSpacing',
+    'StudyDate',
 )
-REPORT_COLUMNS = ('VolumeName', 'ClinicalInformation_EN', 'Technique_EN', 'Findings_EN', 'Impressions_EN')
+REPORT_COLUMNS = (
+    'VolumeName',
+    'ClinicalInformation_EN',
+    'Technique_EN',
+    'Findings_EN',
+    'Impressions_EN',
+)
 
 # Scanner profiles: (manufacturer, model, rescale intercept, share of CT-RATE's volumes, kernels, z offset).
 SCANNERS = (
@@ -44,7 +85,9 @@ SCANNERS = (
 def atomic_path(path: Path, suffix: str = ''):
     """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=suffix or ''.join(path.suffixes), dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix='.tmp-', suffix=suffix or ''.join(path.suffixes), dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)
@@ -66,12 +109,12 @@ def _vec(values) -> str:
 
 
 def _gzip(data: bytes) -> bytes:
-    """gzip at level 1; isal (the `fast` extra) is several times quicker than zlib."""
+    """gzip at level 1 with a zero timestamp (same seed, same bytes); isal (`fast` extra) is quicker."""
     try:
         from isal import igzip
     except ImportError:  # pragma: no cover - depends on the optional extra
-        return gzip.compress(data, compresslevel=1)
-    return igzip.compress(data, compresslevel=1)
+        return gzip.compress(data, compresslevel=1, mtime=0)
+    return igzip.compress(data, compresslevel=1, mtime=0)
 
 
 def save_nifti_gz(image: nib.Nifti1Image, path: Path) -> None:
@@ -88,7 +131,9 @@ def ctrate_paths(root: Path, name: str) -> tuple[Path, Path]:
     return root / 'dataset' / split / rel, root / 'dataset' / f'{split}_fixed' / rel
 
 
-def write_ctrate_volume(root: Path, name: str, hu: np.ndarray, spacing_zyx, ipp_xyz, intercept: int) -> None:
+def write_ctrate_volume(
+    root: Path, name: str, hu: np.ndarray, spacing_zyx, ipp_xyz, intercept: int
+) -> None:
     """Write the v1 (blank header, stored values) and v2 (LPS geometry, HU) NIfTI of one volume.
 
     Both arrays are indexed [x, y, z] (nibabel order) over the same voxels; x runs to the patient's
@@ -113,25 +158,54 @@ def metadata_row(name: str, scan: dict, recon: dict) -> dict:
     siemens = maker.lower().startswith('siemens')
     ipp = recon['ipp_xyz']
     return {
-        'VolumeName': name, 'Manufacturer': maker, 'SeriesDescription': recon['series'],
-        'ManufacturerModelName': model, 'PatientSex': scan['sex'], 'PatientAge': f'{scan["age"]:03d}Y',
-        'ReconstructionDiameter': f'{recon["fov"]:.0f}', 'DistanceSourceToDetector': '1085.6' if siemens else '',
-        'DistanceSourceToPatient': '595' if siemens else '', 'GantryDetectorTilt': '0',
-        'TableHeight': f'{scan["table_height"]:.0f}', 'RotationDirection': 'CW', 'ExposureTime': '622' if not siemens else '500',
-        'XRayTubeCurrent': str(scan['current']), 'Exposure': str(scan['current'] * 5 // 8), 'FilterType': recon['kernel'],
-        'GeneratorPower': '39' if siemens else '', 'FocalSpots': '[1.2, 1.2]' if siemens else '',
-        'ConvolutionKernel': f"['{recon['kernel']}', '3']" if siemens else recon['kernel'], 'PatientPosition': 'HFS',
-        'RevolutionTime': '0.33' if siemens else '', 'SingleCollimationWidth': '0.6' if siemens else '',
-        'TotalCollimationWidth': '57.6' if siemens else '', 'TableSpeed': '92' if siemens else '',
-        'TableFeedPerRotation': '46' if siemens else '', 'SpiralPitchFactor': '0.8' if siemens else '',
-        'DataCollectionCenterPatient': _vec([0.0, -scan['table_height'], ipp[2]]) if siemens else '',
-        'ReconstructionTargetCenterPatient': _vec([0.0, -scan['table_height'], ipp[2]]) if siemens else '',
-        'ExposureModulationType': 'XYZ_EC' if siemens else 'Z DOM', 'CTDIvol': f'{scan["ctdi"]:.6f}',
-        'ImagePositionPatient': _vec(ipp), 'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]',
-        'SliceLocation': f'{ipp[2]:.6g}', 'SamplesPerPixel': '1', 'PhotometricInterpretation': 'MONOCHROME2',
-        'Rows': str(recon['rows']), 'Columns': str(recon['rows']), 'XYSpacing': _vec([recon['xy']] * 2),
-        'RescaleIntercept': str(intercept), 'RescaleSlope': '1', 'RescaleType': 'HU' if siemens else '',
-        'NumberofSlices': str(recon['slices']), 'ZSpacing': f'{recon["z"]:g}', 'StudyDate': scan['date'],
+        'VolumeName': name,
+        'Manufacturer': maker,
+        'SeriesDescription': recon['series'],
+        'ManufacturerModelName': model,
+        'PatientSex': scan['sex'],
+        'PatientAge': f'{scan["age"]:03d}Y',
+        'ReconstructionDiameter': f'{recon["fov"]:.0f}',
+        'DistanceSourceToDetector': '1085.6' if siemens else '',
+        'DistanceSourceToPatient': '595' if siemens else '',
+        'GantryDetectorTilt': '0',
+        'TableHeight': f'{scan["table_height"]:.0f}',
+        'RotationDirection': 'CW',
+        'ExposureTime': '622' if not siemens else '500',
+        'XRayTubeCurrent': str(scan['current']),
+        'Exposure': str(scan['current'] * 5 // 8),
+        'FilterType': recon['kernel'],
+        'GeneratorPower': '39' if siemens else '',
+        'FocalSpots': '[1.2, 1.2]' if siemens else '',
+        'ConvolutionKernel': f"['{recon['kernel']}', '3']" if siemens else recon['kernel'],
+        'PatientPosition': 'HFS',
+        'RevolutionTime': '0.33' if siemens else '',
+        'SingleCollimationWidth': '0.6' if siemens else '',
+        'TotalCollimationWidth': '57.6' if siemens else '',
+        'TableSpeed': '92' if siemens else '',
+        'TableFeedPerRotation': '46' if siemens else '',
+        'SpiralPitchFactor': '0.8' if siemens else '',
+        'DataCollectionCenterPatient': _vec([0.0, -scan['table_height'], ipp[2]])
+        if siemens
+        else '',
+        'ReconstructionTargetCenterPatient': _vec([0.0, -scan['table_height'], ipp[2]])
+        if siemens
+        else '',
+        'ExposureModulationType': 'XYZ_EC' if siemens else 'Z DOM',
+        'CTDIvol': f'{scan["ctdi"]:.6f}',
+        'ImagePositionPatient': _vec(ipp),
+        'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]',
+        'SliceLocation': f'{ipp[2]:.6g}',
+        'SamplesPerPixel': '1',
+        'PhotometricInterpretation': 'MONOCHROME2',
+        'Rows': str(recon['rows']),
+        'Columns': str(recon['rows']),
+        'XYSpacing': _vec([recon['xy']] * 2),
+        'RescaleIntercept': str(intercept),
+        'RescaleSlope': '1',
+        'RescaleType': 'HU' if siemens else '',
+        'NumberofSlices': str(recon['slices']),
+        'ZSpacing': f'{recon["z"]:g}',
+        'StudyDate': scan['date'],
     }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ctclip.synth.anatomy import Anatomy, AnatomyPainter, hilum
+from ctclip.synth.anatomy import Anatomy, AnatomyPainter, effusion_level, hilum
 from ctclip.synth.geometry import Canvas, Grid
 
 MAP_SPACING = 4.0
@@ -41,7 +41,8 @@ class Segment:
 class PlacementMap:
     """The normal lungs of one patient on a 4 mm grid, with depth below the pleura in mm."""
 
-    def __init__(self, anat: Anatomy):
+    def __init__(self, anat: Anatomy, heart: tuple | None = None, effusions: tuple = ()):
+        """`heart` (centre, semi) and `effusions` ((side, depth), ...) take space from the lungs."""
         z0, z1 = anat.z_range
         lo = np.array([z0, -anat.half_depth - 10, -anat.half_width - 10])
         hi = np.array([z1, anat.half_depth + 10, anat.half_width + 10])
@@ -49,12 +50,16 @@ class PlacementMap:
         self.grid = Grid(shape, (MAP_SPACING,) * 3, tuple(lo))
         self.anat = anat
         canvas = Canvas(self.grid)
-        AnatomyPainter(anat, canvas).paint(skeleton=False)
+        AnatomyPainter(anat, canvas).paint(heart=heart, skeleton=False)
         self.lung = {-1: canvas.masks['lung_r'], 1: canvas.masks['lung_l']}
+        z, y, _ = self.grid.axes()
+        for side, depth in effusions:
+            self.lung[side] = self.lung[side] & (y < effusion_level(anat, side, depth, z))
         self.depth = {s: _depth(m) for s, m in self.lung.items()}
         self.z, self.y, self.x = (np.broadcast_to(a, shape) for a in self.grid.axes())
         self.shift = anat.cavity[2]
         self.half_depth_cavity = anat.cavity[1]
+        self._cache: dict[tuple, np.ndarray] = {}
 
     def lobe(self, point: np.ndarray, side: int) -> str:
         """Lobe name of a point, from simplified oblique and horizontal fissures."""
@@ -74,7 +79,17 @@ class PlacementMap:
         zone: str = 'any',
         posterior: bool = False,
     ) -> np.ndarray:
-        """Map coordinates (N, 3) of lung points matching a depth band and a vertical zone."""
+        """Map coordinates (N, 3) of lung points matching a depth band and a vertical zone (cached)."""
+        min_depth = float(np.ceil(min_depth / 2.0) * 2.0)  # 2 mm steps keep the cache small
+        max_depth = float(np.floor(max_depth / 2.0) * 2.0) if max_depth < 1e8 else 1e9
+        key = (side, min_depth, max_depth, zone, posterior)
+        if key not in self._cache:
+            self._cache[key] = self._candidates(side, min_depth, max_depth, zone, posterior)
+        return self._cache[key]
+
+    def _candidates(
+        self, side: int, min_depth: float, max_depth: float, zone: str, posterior: bool
+    ) -> np.ndarray:
         m = self.lung[side] & (self.depth[side] >= min_depth) & (self.depth[side] <= max_depth)
         if zone != 'any' and m.any():
             zs = self.z[m]
@@ -117,26 +132,43 @@ def grow_tree(rng: np.random.Generator, pmap: PlacementMap, side: int) -> list[S
     """A random dichotomous vessel tree from the hilum, pruned at the pleura."""
     start = hilum(pmap.anat, side)
     segments: list[Segment] = []
-    directions = [np.array([0.8, -0.1, side * 0.6]), np.array([-0.2, 0.1, side * 1.0]), np.array([-0.9, 0.3, side * 0.4])]
-    stack = [(start, d / np.linalg.norm(d), 5.0, 42.0, 1) for d in directions]
+    directions = [
+        np.array([0.8, -0.1, side * 0.6]),
+        np.array([0.3, -0.6, side * 0.7]),
+        np.array([-0.2, 0.1, side * 1.0]),
+        np.array([-0.9, 0.3, side * 0.4]),
+        np.array([-0.6, -0.5, side * 0.5]),
+    ]
+    stack = [(start, d / np.linalg.norm(d), 5.0, 36.0, 1) for d in directions]
     while stack:
         p0, d, radius, length, gen = stack.pop()
         p1 = p0 + d * length
-        if not pmap.inside(p1, side) and gen > 1:
-            continue
+        if gen > 1 and not pmap.inside(p1, side):
+            p1 = p0 + d * length * 0.5  # shorten a twig that would cross the pleura
+            if not pmap.inside(p1, side):
+                continue
         segments.append(Segment(p0.astype(np.float32), p1.astype(np.float32), radius, gen, side))
-        if gen >= 6 or radius < 1.2:
+        if gen >= 7 or radius < 1.0:
             continue
         for sign in (-1, 1):
             turn = rng.normal(0, 0.35, 3)
             turn[2] += sign * 0.35 * side
             turn[0] += sign * 0.3
             nd = d + turn
-            stack.append((p1, nd / np.linalg.norm(nd), radius * 0.74, length * rng.uniform(0.65, 0.85), gen + 1))
+            child = (
+                p1,
+                nd / np.linalg.norm(nd),
+                radius * 0.77,
+                length * rng.uniform(0.7, 0.88),
+                gen + 1,
+            )
+            stack.append(child)
     return segments
 
 
-def paint_tree(canvas: Canvas, segments: list[Segment], walls: dict[int, float] | None = None) -> None:
+def paint_tree(
+    canvas: Canvas, segments: list[Segment], walls: dict[int, float] | None = None
+) -> None:
     """Vessels (blood) inside the lungs, and the larger bronchi as air tubes with thin walls.
 
     `walls` maps a generation to a wall thickness in mm (peribronchial thickening overrides it).

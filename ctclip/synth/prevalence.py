@@ -66,7 +66,7 @@ assert tuple(PREVALENCE) == FINDINGS, 'PREVALENCE must follow FINDINGS order'
 
 def sample_presence(rng: np.random.Generator, age_factor: float | None = None) -> set[str]:
     """Draw the findings of one scan; `age_factor` (standard normal) ties calcification to age."""
-    factors = dict(zip(FACTORS, rng.standard_normal(len(FACTORS))))
+    factors = dict(zip(FACTORS, rng.standard_normal(len(FACTORS)), strict=False))
     if age_factor is not None:
         factors['age'] = age_factor
     present = set()

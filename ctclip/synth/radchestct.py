@@ -14,19 +14,90 @@ from ctclip.synth import layouts
 from llm_labeling.schema import FINDINGS
 
 RAW_COLUMNS = (
-    'air_trapping', 'airspace_disease', 'aneurysm', 'arthritis', 'aspiration', 'atelectasis', 'atherosclerosis',
-    'bandlike_or_linear', 'breast_implant', 'breast_surgery', 'bronchial_wall_thickening', 'bronchiectasis',
-    'bronchiolectasis', 'bronchiolitis', 'bronchitis', 'cabg', 'calcification', 'cancer', 'cardiomegaly',
-    'catheter_or_port', 'cavitation', 'chest_tube', 'clip', 'congestion', 'consolidation',
-    'coronary_artery_disease', 'cyst', 'debris', 'deformity', 'density', 'dilation_or_ectasia', 'distention',
-    'emphysema', 'fibrosis', 'fracture', 'gi_tube', 'granuloma', 'groundglass', 'hardware', 'heart_failure',
-    'heart_valve_replacement', 'hemothorax', 'hernia', 'honeycombing', 'infection', 'infiltrate', 'inflammation',
-    'interstitial_lung_disease', 'lesion', 'lucency', 'lung_resection', 'lymphadenopathy', 'mass',
-    'mucous_plugging', 'nodule', 'nodulegr1cm', 'opacity', 'other_path', 'pacemaker_or_defib',
-    'pericardial_effusion', 'pericardial_thickening', 'plaque', 'pleural_effusion', 'pleural_thickening',
-    'pneumonia', 'pneumonitis', 'pneumothorax', 'postsurgical', 'pulmonary_edema', 'reticulation', 'scarring',
-    'scattered_calc', 'scattered_nod', 'secretion', 'septal_thickening', 'soft_tissue', 'staple', 'stent',
-    'sternotomy', 'suture', 'tracheal_tube', 'transplant', 'tree_in_bud', 'tuberculosis',
+    'air_trapping',
+    'airspace_disease',
+    'aneurysm',
+    'arthritis',
+    'aspiration',
+    'atelectasis',
+    'atherosclerosis',
+    'bandlike_or_linear',
+    'breast_implant',
+    'breast_surgery',
+    'bronchial_wall_thickening',
+    'bronchiectasis',
+    'bronchiolectasis',
+    'bronchiolitis',
+    'bronchitis',
+    'cabg',
+    'calcification',
+    'cancer',
+    'cardiomegaly',
+    'catheter_or_port',
+    'cavitation',
+    'chest_tube',
+    'clip',
+    'congestion',
+    'consolidation',
+    'coronary_artery_disease',
+    'cyst',
+    'debris',
+    'deformity',
+    'density',
+    'dilation_or_ectasia',
+    'distention',
+    'emphysema',
+    'fibrosis',
+    'fracture',
+    'gi_tube',
+    'granuloma',
+    'groundglass',
+    'hardware',
+    'heart_failure',
+    'heart_valve_replacement',
+    'hemothorax',
+    'hernia',
+    'honeycombing',
+    'infection',
+    'infiltrate',
+    'inflammation',
+    'interstitial_lung_disease',
+    'lesion',
+    'lucency',
+    'lung_resection',
+    'lymphadenopathy',
+    'mass',
+    'mucous_plugging',
+    'nodule',
+    'nodulegr1cm',
+    'opacity',
+    'other_path',
+    'pacemaker_or_defib',
+    'pericardial_effusion',
+    'pericardial_thickening',
+    'plaque',
+    'pleural_effusion',
+    'pleural_thickening',
+    'pneumonia',
+    'pneumonitis',
+    'pneumothorax',
+    'postsurgical',
+    'pulmonary_edema',
+    'reticulation',
+    'scarring',
+    'scattered_calc',
+    'scattered_nod',
+    'secretion',
+    'septal_thickening',
+    'soft_tissue',
+    'staple',
+    'stent',
+    'sternotomy',
+    'suture',
+    'tracheal_tube',
+    'transplant',
+    'tree_in_bud',
+    'tuberculosis',
 )
 
 # Raw RAD-ChestCT columns set by each of our findings (the first one is the primary term).
@@ -57,12 +128,21 @@ DEVICE_COLUMNS = {
 }
 # HLIP's mapping of raw columns onto CT-RATE names (both calcification classes read `calcification`).
 HLIP_MAPPED = {
-    'Emphysema': 'emphysema', 'Atelectasis': 'atelectasis', 'Lung nodule': 'nodule', 'Lung opacity': 'opacity',
-    'Pulmonary fibrotic sequela': 'fibrosis', 'Pleural effusion': 'pleural_effusion',
-    'Peribronchial thickening': 'bronchial_wall_thickening', 'Consolidation': 'consolidation',
-    'Bronchiectasis': 'bronchiectasis', 'Interlobular septal thickening': 'septal_thickening',
-    'Cardiomegaly': 'cardiomegaly', 'Pericardial effusion': 'pericardial_effusion', 'Hiatal hernia': 'hernia',
-    'Coronary artery wall calcification': 'calcification', 'Arterial wall calcification': 'calcification',
+    'Emphysema': 'emphysema',
+    'Atelectasis': 'atelectasis',
+    'Lung nodule': 'nodule',
+    'Lung opacity': 'opacity',
+    'Pulmonary fibrotic sequela': 'fibrosis',
+    'Pleural effusion': 'pleural_effusion',
+    'Peribronchial thickening': 'bronchial_wall_thickening',
+    'Consolidation': 'consolidation',
+    'Bronchiectasis': 'bronchiectasis',
+    'Interlobular septal thickening': 'septal_thickening',
+    'Cardiomegaly': 'cardiomegaly',
+    'Pericardial effusion': 'pericardial_effusion',
+    'Hiatal hernia': 'hernia',
+    'Coronary artery wall calcification': 'calcification',
+    'Arterial wall calcification': 'calcification',
 }
 SPLIT_FILES = {'trn': 'imgtrain.csv', 'val': 'imgvalid.csv', 'tst': 'imgtest.csv'}
 SMALL_SPACING = 3.0
@@ -82,7 +162,11 @@ def raw_row(note_id: str, truth: dict) -> dict:
     row = dict.fromkeys(RAW_COLUMNS, 0.0)
     for item in truth['findings']:
         name = item['finding']
-        cols = DEVICE_COLUMNS[item['description']['kind']] if name == 'Medical material' else RAW_FROM_FINDING[name]
+        cols = (
+            DEVICE_COLUMNS[item['description']['kind']]
+            if name == 'Medical material'
+            else RAW_FROM_FINDING[name]
+        )
         for col in cols:
             row[col] = 1.0
         if name == 'Lung nodule' and item['description'].get('size', 0) >= 10:
@@ -95,7 +179,7 @@ def assemble(out: Path, records: list[dict], small: bool) -> None:
     raw = {prefix: [] for prefix in SPLIT_FILES}
     mapped, reports = [], []
     for rec in records:
-        for truth, report in zip(rec['truth'], rec['reports']):
+        for truth, report in zip(rec['truth'], rec['reports'], strict=False):
             note = truth['volume']
             row = raw_row(note, truth)
             raw[note[:3]].append(row)
@@ -105,9 +189,14 @@ def assemble(out: Path, records: list[dict], small: bool) -> None:
         layouts.write_csv(base / name, ('NoteAcc_DEID', *RAW_COLUMNS), raw[prefix])
     layouts.write_csv(base / 'rad_chestct_labels.csv', ('NoteAcc_DEID', *HLIP_MAPPED), mapped)
     layouts.write_csv(base / 'reports.csv', ('NoteAcc_DEID', *layouts.REPORT_COLUMNS), reports)
-    labels = [{'VolumeName': r['VolumeName'], **{f: lab for f, lab in r.items() if f in FINDINGS}}
-              for rec in records for r in rec['labels']]
+    labels = [
+        {'VolumeName': r['VolumeName'], **{f: lab for f, lab in r.items() if f in FINDINGS}}
+        for rec in records
+        for r in rec['labels']
+    ]
     layouts.write_csv(base / 'ctrate_labels.csv', ('VolumeName', *FINDINGS), labels)
     spacing = SMALL_SPACING if small else FULL_SPACING
     with layouts.atomic_path(base / 'spacing.json') as tmp:
-        tmp.write_text(json.dumps({'spacing_zyx': [spacing] * 3, 'orientation': 'LPS', 'units': 'HU'}))
+        tmp.write_text(
+            json.dumps({'spacing_zyx': [spacing] * 3, 'orientation': 'LPS', 'units': 'HU'})
+        )

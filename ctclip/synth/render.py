@@ -12,9 +12,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ctclip.synth.anatomy import HU, Anatomy, AnatomyPainter, aorta_path
+from ctclip.synth.anatomy import HU, Anatomy, AnatomyPainter, aorta_path, effusion_level
 from ctclip.synth.findings import Finding
-from ctclip.synth.geometry import Canvas, Grid, ellipsoid_radius, segment_distance
+from ctclip.synth.geometry import Canvas, Grid, segment_distance
 from ctclip.synth.lungs import Segment, paint_tree
 
 # Coronary courses as directions in the heart's own frame (z, y, x), from origin to distal.
@@ -38,8 +38,10 @@ def _get(scene: Scene, name: str, omit: frozenset) -> Finding | None:
     return None if name in omit else scene.findings.get(name)
 
 
-def render(scene: Scene, grid: Grid, rng: np.random.Generator, noise: float, omit: frozenset = frozenset()):
-    """HU volume (float32, zyx) and {finding name: bool mask of the voxels it set}."""
+def render(
+    scene: Scene, grid: Grid, rng: np.random.Generator, noise: float, omit: frozenset = frozenset()
+):
+    """HU volume (float32, zyx), {finding: mask of the voxels it set}, and the tissue masks."""
     cv = Canvas(grid)
     heart = _get(scene, 'Cardiomegaly', omit)
     heart_geo = (heart.parts[0]['centre'], heart.parts[0]['semi']) if heart else None
@@ -47,8 +49,14 @@ def render(scene: Scene, grid: Grid, rng: np.random.Generator, noise: float, omi
     painter.paint(heart_geo)
     fp = FindingPainter(cv, scene, painter)
     records: dict[str, np.ndarray] = {}
-    if heart:
-        records['Cardiomegaly'] = cv.masks['heart'].copy()
+    if heart:  # the enlargement: heart voxels that a normal heart would not fill
+        normal = Canvas(grid)
+        an = scene.anat
+        inside = normal.blob(
+            an.heart_centre, an.heart_semi + 5.0, 0.0, an.heart_angle, record=normal.mask('h')
+        )
+        records['Cardiomegaly'] = cv.masks['heart'] & ~normal.masks['h']
+        del inside
     for name in ORDER:
         f = _get(scene, name, omit)
         if name == 'tree':
@@ -65,9 +73,11 @@ def render(scene: Scene, grid: Grid, rng: np.random.Generator, noise: float, omi
             continue
         rec = np.zeros(grid.shape_zyx, bool)
         getattr(fp, PAINTERS[name])(f, rec)
+        for earlier in records.values():  # a voxel shows the finding painted last
+            earlier &= ~rec
         records[name] = rec
     _texture(cv, rng, noise)
-    return cv.hu, records
+    return cv.hu, records, cv.masks
 
 
 def _texture(cv: Canvas, rng: np.random.Generator, noise: float) -> None:
@@ -76,11 +86,13 @@ def _texture(cv: Canvas, rng: np.random.Generator, noise: float) -> None:
     sigma = [0.5 * min(1.0, 1.5 / s) for s in cv.grid.spacing_zyx]
     cv.hu = ndimage.gaussian_filter(cv.hu, sigma=sigma)
     shape = cv.grid.shape_zyx
-    smooth = [max(0.7, 4.0 / s) for s in cv.grid.spacing_zyx]
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=smooth)
+    half = tuple((n + 1) // 2 for n in shape)
+    smooth = [max(0.5, 2.0 / s) for s in cv.grid.spacing_zyx]
+    field = ndimage.gaussian_filter(rng.standard_normal(half, dtype=np.float32), sigma=smooth)
+    field = field.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: shape[0], : shape[1], : shape[2]]
     field /= field.std() + 1e-6
     cv.hu[lung] += 18.0 * field[lung]
-    cv.hu += rng.normal(0.0, noise, shape).astype(np.float32)
+    cv.hu += noise * rng.standard_normal(shape, dtype=np.float32)
 
 
 class FindingPainter:
@@ -152,13 +164,15 @@ class FindingPainter:
 
     def atelectasis(self, f: Finding, rec: np.ndarray) -> None:
         for p in f.parts:
-            self.cv.blob(p['centre'], p['semi'], 40.0, p['angle'], where=self.lung(p['side']), record=rec)
+            self.cv.blob(
+                p['centre'], p['semi'], 40.0, p['angle'], where=self.lung(p['side']), record=rec
+            )
 
     def fibrosis(self, f: Finding, rec: np.ndarray) -> None:
         for p in f.parts:
             lung = self.lung(p['side'])
             for end in p['ends']:
-                self.cv.capsule(p['centre'], end, p['radius'], -30.0, where=lung, record=rec)
+                self.cv.capsule(p['centre'], end, p['radius'], 0.0, where=lung, record=rec)
 
     def bronchiectasis(self, f: Finding, rec: np.ndarray) -> None:
         lung = self.lung()
@@ -175,16 +189,16 @@ class FindingPainter:
             for s in p['satellites']:
                 self.cv.blob(s, np.array([r, r, r]) * 0.6, hu, where=where, record=rec)
             if p['kind'] == 'part-solid':
-                self.cv.blob(p['centre'], np.array([r, r, r]) * 1.5, -450.0, where=where & ~rec, record=rec)
+                self.cv.blob(
+                    p['centre'], np.array([r, r, r]) * 1.5, -450.0, where=where & ~rec, record=rec
+                )
 
     def pleural_effusion(self, f: Finding, rec: np.ndarray) -> None:
-        an = self.scene.anat
-        a_c, b_c, shift = an.cavity
         for p in f.parts:
             side = p['side']
-            base = an.dome_z[0 if side < 0 else 1] - 70.0
-            level = shift + b_c - p['depth'] + 0.55 * (self.z - base)
-            fluid = self.lung(side) & (self.y >= level)
+            fluid = self.lung(side) & (
+                self.y >= effusion_level(self.scene.anat, side, p['depth'], self.z)
+            )
             self.cv.hu[fluid] = p['hu']
             rec |= fluid
             self.anatomy.carve(fluid)
@@ -192,7 +206,11 @@ class FindingPainter:
     def pericardial(self, f: Finding, rec: np.ndarray) -> None:
         an = self.scene.anat
         heart = _get(self.scene, 'Cardiomegaly', frozenset())
-        centre, semi = (heart.parts[0]['centre'], heart.parts[0]['semi']) if heart else (an.heart_centre, an.heart_semi)
+        centre, semi = (
+            (heart.parts[0]['centre'], heart.parts[0]['semi'])
+            if heart
+            else (an.heart_centre, an.heart_semi)
+        )
         t = f.parts[0]['thickness']
         outer_c = centre + np.array([-t * 0.2, t * 0.25, 0.0])
         mask = self.cv.blob(outer_c, semi + 5.0 + t + 2.0, HU['muscle'], an.heart_angle, record=rec)
@@ -208,19 +226,28 @@ class FindingPainter:
     def coronary(self, f: Finding, rec: np.ndarray) -> None:
         an = self.scene.anat
         heart = _get(self.scene, 'Cardiomegaly', frozenset())
-        centre, semi = (heart.parts[0]['centre'], heart.parts[0]['semi']) if heart else (an.heart_centre, an.heart_semi)
+        centre, semi = (
+            (heart.parts[0]['centre'], heart.parts[0]['semi'])
+            if heart
+            else (an.heart_centre, an.heart_semi)
+        )
         c, s = np.cos(an.heart_angle), np.sin(an.heart_angle)
         for p in f.parts:
             dirs = np.array(CORONARIES[p['artery']], float)
             ts = np.linspace(p['t0'], min(1.0, p['t0'] + p['length']), 5)
-            for t0, t1 in zip(ts[:-1], ts[1:]):
+            for t0, t1 in zip(ts[:-1], ts[1:], strict=False):
                 pts = []
                 for t in (t0, t1):
                     k = t * (len(dirs) - 1)
                     i = min(int(k), len(dirs) - 2)
                     d = dirs[i] + (k - i) * (dirs[i + 1] - dirs[i])
-                    local = d / np.linalg.norm(d) * (semi + 2.5)
-                    pts.append(centre + np.array([local[0], s * local[2] + c * local[1], c * local[2] - s * local[1]]))
+                    local = d / np.linalg.norm(d) * (semi + 4.0)
+                    pts.append(
+                        centre
+                        + np.array(
+                            [local[0], s * local[2] + c * local[1], c * local[2] - s * local[1]]
+                        )
+                    )
                 self.cv.capsule(pts[0], pts[1], p['radius'], p['hu'], record=rec)
 
     def aortic(self, f: Finding, rec: np.ndarray) -> None:
@@ -259,9 +286,12 @@ class FindingPainter:
         self.anatomy.carve(rec)
 
     def nodes(self, f: Finding, rec: np.ndarray) -> None:
-        keep = self.cv.masks.get('aorta')
-        where = None if keep is None else ~keep
+        where = self.cv.hu > -950  # never fill the airway lumen
+        solid = where & ~self.lung()
         for p in f.parts:
+            self.cv.blob(
+                p['centre'], p['semi'] + 3.0, HU['fat'], where=solid, record=rec
+            )  # nodes sit in fat
             self.cv.blob(p['centre'], p['semi'], 38.0, where=where, record=rec)
         self.anatomy.carve(rec)
 
@@ -280,11 +310,11 @@ ORDER = (
     'Interlobular septal thickening',
     'Lung opacity',
     'Consolidation',
-    'Atelectasis',
     'Pulmonary fibrotic sequela',
     'Bronchiectasis',
     'Lung nodule',
     'Pleural effusion',
+    'Atelectasis',
     'Pericardial effusion',
     'Hiatal hernia',
     'Lymphadenopathy',

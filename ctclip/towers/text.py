@@ -189,9 +189,17 @@ def load_tokenizer(folder: Path, trust_remote_code: bool = False):
         if not (folder / 'vocab.txt').is_file():
             raise FileNotFoundError(f'{folder} has no vocab.txt for its {model_type} tokenizer')
         return BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
-    return AutoTokenizer.from_pretrained(
-        str(folder), local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (ValueError, KeyError, OSError) as error:
+        if not (folder / 'vocab.txt').is_file():
+            raise
+        _logger.info(
+            'AutoTokenizer failed for %s (%s); using BertTokenizerFast on vocab.txt', folder, error
+        )
+        return BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
 
 
 def _random_bert(cfg: TextCfg, vocab_size: int) -> nn.Module:

@@ -163,22 +163,19 @@ def deepspeed_config(cfg: Mapping, world_size: int) -> dict:
     return out
 
 
-def lift_scalar_parameters(model: torch.nn.Module, ds_json: Mapping) -> list[torch.nn.Parameter]:
-    """Give 0-dim parameters shape [1] while DeepSpeed initialises (its broadcast cannot view them).
+def lift_scalar_parameters(model: torch.nn.Module) -> tuple[str, ...]:
+    """Give 0-dim parameters shape [1] for the whole run; returns their names for the export.
 
-    DeepSpeed 0.19.8 broadcasts `p.data.view(torch.uint8)`, which fails for 0-dim tensors such as
-    a scalar temperature. ZeRO-3 keeps the lifted shape (it partitions at init); others get it back.
+    DeepSpeed 0.19.8 cannot handle 0-dim parameters such as a scalar temperature: its broadcast
+    views them as bytes and its gradient clipping broadcasts a [1] coefficient into them. The
+    export reshapes them back, so the saved model has the shapes its config declares.
     """
-    lifted = [p for p in model.parameters() if p.dim() == 0]
-    for p in lifted:
-        p.data = p.data.reshape(1)
-    stage = int(ds_json.get('zero_optimization', {}).get('stage', 0))
-    return [] if stage == 3 else lifted
-
-
-def restore_scalar_parameters(params: list[torch.nn.Parameter]) -> None:
-    for p in params:
-        p.data = p.data.reshape(())
+    names = []
+    for name, p in model.named_parameters():
+        if p.dim() == 0:
+            p.data = p.data.reshape(1)
+            names.append(name)
+    return tuple(names)
 
 
 def uses_autocast(ds_json: Mapping) -> bool:

@@ -37,7 +37,7 @@ def build_model(model_cfg: dict, init_from: str | None) -> torch.nn.Module:
         if not path.exists():
             raise FileNotFoundError(f'train.init_from {str(path)!r} does not exist (a stage-1 final/ folder)')
         report = model.init_from(str(path), strict=False)
-        _logger.info('Initialised from %s (%s)', path, report)
+        _logger.info('Initialised from %s: %d tensors loaded, new: %s', path, len(report['loaded']), report['missing'][:10])
     if model_cfg.get('grad_checkpointing'):
         setter = getattr(model, 'set_grad_checkpointing', None)
         if setter is None:

@@ -82,13 +82,11 @@ class Trainer:
         sched = self.cfg['schedule']
         factor = eng.lr_lambda(int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio']))
         groups = eng.param_groups(self.model, float(self.cfg['optim']['weight_decay']))
-        self.scalar_names = tuple(n for n, p in self.model.named_parameters() if p.dim() == 0)
-        scalars = eng.lift_scalar_parameters(self.model, ds_json)
+        self.scalar_names = eng.lift_scalar_parameters(self.model)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=groups, config=ds_json,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         )
-        eng.restore_scalar_parameters(scalars)
         from ctclip.losses import create_loss
 
         self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)

@@ -58,7 +58,7 @@ class Backend(ABC):
     async def label(self, text: str) -> Answer:
         """Label one text, retrying as configured; raise LabelingFailed or FatalBackendError."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing)
         """Release connections or models."""
 
     def describe(self) -> dict:

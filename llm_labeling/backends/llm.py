@@ -24,7 +24,10 @@ from llm_labeling.responses import (
 )
 
 # instructor modes by name; the default per backend is 'tools' (works with llama.cpp, vLLM, OpenAI).
-MODES = ('tools', 'tools_strict', 'json_schema', 'json', 'md_json')
+# 'json_grammar' is instructor's JSON mode with the schema sent the way llama.cpp's server takes it
+# (response_format {"type": "json_object", "schema": ...}), which it compiles into a grammar;
+# instructor's own JSON_SCHEMA request gets HTTP 500 from that server.
+MODES = ('tools', 'tools_strict', 'json_schema', 'json', 'md_json', 'json_grammar')
 
 
 def instructor_mode(name: str):
@@ -36,6 +39,7 @@ def instructor_mode(name: str):
         'json_schema': instructor.Mode.JSON_SCHEMA,
         'json': instructor.Mode.JSON,
         'md_json': instructor.Mode.MD_JSON,
+        'json_grammar': instructor.Mode.JSON,
     }
     if name not in table:
         raise ValueError(f'instructor mode must be one of {", ".join(MODES)}, not {name!r}')
@@ -48,7 +52,33 @@ def _wrapped() -> type[BaseModel]:
     schema on every call (about 10 ms of CPU per request, which caps throughput)."""
     import instructor
 
+    _memoize_async_validator_check()
     return instructor.openai_schema(ReportFindings)
+
+
+def _memoize_async_validator_check() -> None:
+    """instructor walks the response model's MRO about 7 times per request to refuse async
+    validators (a third of our CPU per report). A class's verdict cannot change, so remember it."""
+    try:
+        from instructor.v2.core import patch as patch_module
+        from instructor.v2.validation import async_validators
+    except ImportError:  # another instructor layout: nothing to speed up
+        return
+    original = async_validators.reject_async_validators
+    if getattr(original, 'memoized', False):
+        return
+    passed: set[type] = set()
+
+    def reject_async_validators(model):
+        if not isinstance(model, type):
+            return original(model)
+        if model not in passed:
+            original(model)  # raises for a model with async validators
+            passed.add(model)
+
+    reject_async_validators.memoized = True
+    async_validators.reject_async_validators = reject_async_validators
+    patch_module.reject_async_validators = reject_async_validators
 
 
 def completion_usage(obj: object) -> Usage:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from llm_labeling.backends.base import Answer, Backend
+import logging
+
+from llm_labeling.backends.base import Answer, Backend, LabelingFailed
+
+_logger = logging.getLogger(__name__)
 
 
 class RulesBackend(Backend):
@@ -20,4 +24,8 @@ class RulesBackend(Backend):
         self.prompt_version = 'none'
 
     async def label(self, text: str) -> Answer:
-        return Answer(self._labeler.annotate('', text))
+        try:
+            return Answer(self._labeler.annotate('', text))
+        except Exception as e:  # one odd report must not stop a 50k-report run
+            _logger.exception('rules labeler failed on a report')
+            raise LabelingFailed(f'rules labeler error: {type(e).__name__}: {e}') from e

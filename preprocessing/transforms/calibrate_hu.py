@@ -27,7 +27,9 @@ class CalibrateHU(tio.IntensityTransform):
         [-1000.0]
     """
 
-    def __init__(self, slope: float = 1.0, intercept: float = 0.0, air_hu: float = AIR_HU, **kwargs):
+    def __init__(
+        self, slope: float = 1.0, intercept: float = 0.0, air_hu: float = AIR_HU, **kwargs
+    ):
         super().__init__(**kwargs)
         if slope == 0:
             message = f'Slope must be non-zero, not {slope}'

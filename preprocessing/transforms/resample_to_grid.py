@@ -41,7 +41,15 @@ class ResampleToGrid(tio.SpatialTransform):
         for image in images:
             recipe = self.recipe if isinstance(image, tio.ScalarImage) else nearest
             out = resample_to_grid(image.as_sitk(), recipe, centre)
-            new = type(image).from_sitk(out) if hasattr(type(image), 'from_sitk') else tio.ScalarImage.from_sitk(out)
-            image.set_data(new.data.to(image.data.dtype) if not isinstance(image, tio.ScalarImage) else new.data)
+            new = (
+                type(image).from_sitk(out)
+                if hasattr(type(image), 'from_sitk')
+                else tio.ScalarImage.from_sitk(out)
+            )
+            image.set_data(
+                new.data.to(image.data.dtype)
+                if not isinstance(image, tio.ScalarImage)
+                else new.data
+            )
             image.affine = new.affine
         return subject

@@ -24,7 +24,9 @@ class WindowHU(tio.IntensityTransform):
         [-1.0, -1.0, 0.0, 1.0, 1.0]
     """
 
-    def __init__(self, window: Sequence[float] = (-1000, 200), out_range: Sequence[float] = (-1, 1), **kwargs):
+    def __init__(
+        self, window: Sequence[float] = (-1000, 200), out_range: Sequence[float] = (-1, 1), **kwargs
+    ):
         super().__init__(**kwargs)
         if len(window) != 2 or not window[0] < window[1]:
             message = f'Window must be (low, high) with low < high, not {window}'

@@ -54,7 +54,13 @@ def test_draws_equal_explicit_resampling_of_scans():
     counts = B.draw_counts(len(units), 5, seed=0)
     draws = classification_draws(s, y, index, counts)
     for b in range(5):
-        rows = np.concatenate([np.flatnonzero(index == u) for u in range(len(units)) for _ in range(int(counts[b, u]))])
+        rows = np.concatenate(
+            [
+                np.flatnonzero(index == u)
+                for u in range(len(units))
+                for _ in range(int(counts[b, u]))
+            ]
+        )
         for c in range(2):
             assert draws['auroc'][b, c] == pytest.approx(roc_auc_score(y[rows, c], s[rows, c]))
 
@@ -62,8 +68,12 @@ def test_draws_equal_explicit_resampling_of_scans():
 def test_score_cis_bracket_estimate_and_reproduce():
     ids, s, y = _toy()
     cols = ['A', 'B']
-    res1 = score(Table(ids, cols, s), Table(ids, cols, y), bootstrap=B.BootstrapConfig(n_draws=200, seed=5))
-    res2 = score(Table(ids, cols, s), Table(ids, cols, y), bootstrap=B.BootstrapConfig(n_draws=200, seed=5))
+    res1 = score(
+        Table(ids, cols, s), Table(ids, cols, y), bootstrap=B.BootstrapConfig(n_draws=200, seed=5)
+    )
+    res2 = score(
+        Table(ids, cols, s), Table(ids, cols, y), bootstrap=B.BootstrapConfig(n_draws=200, seed=5)
+    )
     assert res1['macro'] == res2['macro']
     auc = res1['macro']['auroc']
     assert auc['ci_low'] < auc['value'] < auc['ci_high']  # not degenerate (CT-CLIP's were)

@@ -16,7 +16,10 @@ def _files(tmp_path, n=60):
     ids = [f'valid_{i // 2}_a_{i % 2 + 1}.nii.gz' for i in range(n)]
     y = (rng.random((n, 18)) < 0.3).astype(float)
     write_table(Table(ids, list(FINDINGS), y), tmp_path / 'labels.csv')
-    write_table(Table(ids, list(FINDINGS), np.clip(0.5 * y + 0.5 * rng.random((n, 18)), 0, 1)), tmp_path / 'scores.csv')
+    write_table(
+        Table(ids, list(FINDINGS), np.clip(0.5 * y + 0.5 * rng.random((n, 18)), 0, 1)),
+        tmp_path / 'scores.csv',
+    )
     img = rng.normal(size=(n, 8)) + y @ rng.normal(size=(18, 8))
     np.save(tmp_path / 'img.npy', img)
     np.save(tmp_path / 'txt.npy', img + rng.normal(size=img.shape))
@@ -26,24 +29,60 @@ def _files(tmp_path, n=60):
 def test_bench_score_cli(tmp_path, capsys):
     _files(tmp_path)
     out = tmp_path / 'out'
-    code = main(['bench', 'score', '--scores', str(tmp_path / 'scores.csv'), '--labels', str(tmp_path / 'labels.csv'),
-                 '--out', str(out), '--unit', 'scan', '--n-bootstrap', '40', 'bootstrap.seed=3', '--no-plots'])
+    code = main(
+        [
+            'bench',
+            'score',
+            '--scores',
+            str(tmp_path / 'scores.csv'),
+            '--labels',
+            str(tmp_path / 'labels.csv'),
+            '--out',
+            str(out),
+            '--unit',
+            'scan',
+            '--n-bootstrap',
+            '40',
+            'bootstrap.seed=3',
+            '--no-plots',
+        ]
+    )
     assert code == 0
     data = json.loads((out / 'metrics.json').read_text())
     assert data['classification']['n_items'] == 30  # scans
-    assert data['classification']['bootstrap'] == {'n_draws': 40, 'seed': 3, 'level': 0.95, 'unit': 'scan', 'interval': 'percentile'}
+    assert data['classification']['bootstrap'] == {
+        'n_draws': 40,
+        'seed': 3,
+        'level': 0.95,
+        'unit': 'scan',
+        'interval': 'percentile',
+    }
     assert 'mean AUROC' in capsys.readouterr().out
 
 
 def test_bench_retrieval_cli_reference_flag(tmp_path):
     _files(tmp_path)
-    args = ['bench', 'retrieval', '--image-emb', str(tmp_path / 'img.npy'), '--text-emb', str(tmp_path / 'txt.npy'),
-            '--labels', str(tmp_path / 'labels.csv'), '--n-bootstrap', '20', '--no-plots']
+    args = [
+        'bench',
+        'retrieval',
+        '--image-emb',
+        str(tmp_path / 'img.npy'),
+        '--text-emb',
+        str(tmp_path / 'txt.npy'),
+        '--labels',
+        str(tmp_path / 'labels.csv'),
+        '--n-bootstrap',
+        '20',
+        '--no-plots',
+    ]
     assert main([*args, '--out', str(tmp_path / 'ours')]) == 0
     assert main([*args, '--out', str(tmp_path / 'ref'), '--reference']) == 0
     ours = json.loads((tmp_path / 'ours' / 'metrics.json').read_text())['retrieval']
     ref = json.loads((tmp_path / 'ref' / 'metrics.json').read_text())['retrieval']
-    assert ours['options']['protocol'] == 'corrected' and ref['options']['protocol'] == 'ctclip-reference'
+    assert (
+        ours['options']['protocol'] == 'corrected'
+        and ref['options']['protocol'] == 'ctclip-reference'
+    )
     assert ref['volume_to_volume']['map@1']['value'] > ours['volume_to_volume']['map@1']['value']
 
 
@@ -51,9 +90,82 @@ def test_bench_config_file_and_errors(tmp_path, capsys):
     _files(tmp_path)
     cfg = tmp_path / 'b.yaml'
     cfg.write_text('bootstrap:\n  n_draws: 10\nplots: false\n')
-    code = main(['bench', 'score', '--config', str(cfg), '--scores', str(tmp_path / 'scores.csv'),
-                 '--labels', str(tmp_path / 'labels.csv'), '--out', str(tmp_path / 'o')])
+    code = main(
+        [
+            'bench',
+            'score',
+            '--config',
+            str(cfg),
+            '--scores',
+            str(tmp_path / 'scores.csv'),
+            '--labels',
+            str(tmp_path / 'labels.csv'),
+            '--out',
+            str(tmp_path / 'o'),
+        ]
+    )
     assert code == 0 and not (tmp_path / 'o' / 'roc_curves.png').exists()
-    code = main(['bench', 'score', '--scores', str(tmp_path / 'nope.csv'), '--labels', str(tmp_path / 'labels.csv'),
-                 '--out', str(tmp_path / 'o2')])
+    code = main(
+        [
+            'bench',
+            'score',
+            '--scores',
+            str(tmp_path / 'nope.csv'),
+            '--labels',
+            str(tmp_path / 'labels.csv'),
+            '--out',
+            str(tmp_path / 'o2'),
+        ]
+    )
     assert code == 2 and 'nope.csv' in capsys.readouterr().err
+
+
+def test_shipped_configs_build_valid_options():
+    from benchmarks import runner
+    from ctclip.config import configs_dir, resolve
+
+    files = sorted((configs_dir() / 'bench').glob('*.yaml'))
+    assert len(files) >= 5
+    for path in files:
+        cfg = resolve(runner.DEFAULTS, path)
+        runner.retrieval_options(cfg)
+        runner.scoring_options(cfg)
+        runner.bootstrap_config(cfg)
+    ref = resolve(runner.DEFAULTS, configs_dir() / 'bench' / 'ctrate-reference.yaml')
+    assert runner.retrieval_options(ref).is_reference
+
+
+def test_ctrate_root_layout_is_found(tmp_path):
+    from benchmarks import runner
+
+    ds = tmp_path / 'dataset'
+    (ds / 'multi_abnormality_labels').mkdir(parents=True)
+    (ds / 'radiology_text_reports').mkdir()
+    (ds / 'multi_abnormality_labels' / 'valid_predicted_labels.csv').write_text('VolumeName\n')
+    (ds / 'radiology_text_reports' / 'validation_reports.csv').write_text('VolumeName\n')
+    (ds / 'no_chest_valid.txt').write_text('valid_9_a_1.nii.gz\n')
+    (tmp_path / 'cache.h5').write_bytes(b'')
+    cache, labels, reports, drop = runner._resolve_ctrate({'data': str(tmp_path), 'split': 'valid'})
+    assert cache == tmp_path / 'cache.h5' and labels.name == 'valid_predicted_labels.csv'
+    assert reports.name == 'validation_reports.csv' and drop == {'valid_9_a_1'}
+    (tmp_path / 'cache.h5').unlink()
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match='No cache'):
+        runner._resolve_ctrate({'data': str(tmp_path), 'split': 'valid'})
+
+
+def test_unknown_settings_are_errors(tmp_path, capsys):
+    _files(tmp_path)
+    base = [
+        'bench',
+        'score',
+        '--scores',
+        str(tmp_path / 'scores.csv'),
+        '--labels',
+        str(tmp_path / 'labels.csv'),
+    ]
+    assert main([*base, '--out', str(tmp_path / 'a'), 'bench.bootstrap=10']) == 2
+    assert "Unknown bench settings ['bench']" in capsys.readouterr().err
+    assert main([*base, '--out', str(tmp_path / 'b'), 'bootstrap.draws=10']) == 2
+    assert "Unknown keys ['draws'] in 'bootstrap'" in capsys.readouterr().err

@@ -35,7 +35,9 @@ def test_matches_sklearn_with_ties(seed):
     t = _brute_threshold(s, y)
     assert out['threshold'] == pytest.approx(t)
     pred = (s > t).astype(float)
-    assert out['f1_weighted'] == pytest.approx(f1_score(y, pred, average='weighted', zero_division=0))
+    assert out['f1_weighted'] == pytest.approx(
+        f1_score(y, pred, average='weighted', zero_division=0)
+    )
     assert out['f1_positive'] == pytest.approx(f1_score(y, pred, zero_division=0))
     assert out['accuracy'] == pytest.approx(accuracy_score(y, pred))
     assert out['precision'] == pytest.approx(precision_score(y, pred, zero_division=0))

@@ -23,4 +23,7 @@ def test_errors():
         resolve_templates([['present', 'absent']])
     with pytest.raises(ValueError, match="unknown classes \\['Nodule'\\]"):
         class_phrases(['Lung nodule'], {'Nodule': 'nodule'})
-    assert class_phrases(['Lung nodule', 'Emphysema'], {'Lung nodule': 'a lung nodule'}) == ['a lung nodule', 'Emphysema']
+    assert class_phrases(['Lung nodule', 'Emphysema'], {'Lung nodule': 'a lung nodule'}) == [
+        'a lung nodule',
+        'Emphysema',
+    ]

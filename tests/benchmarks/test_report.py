@@ -23,8 +23,13 @@ def test_write_report_renders_everything(tmp_path):
     metrics = {
         'title': 'Toy run',
         'protocol': 'ctclip-zero-shot',
-        'classification': score(Table(ids, ['A', 'B', 'C'], s), Table(ids, ['A', 'B', 'C'], y), bootstrap=boot),
-        'retrieval': score_retrieval(rng.normal(size=(80, 8)), rng.normal(size=(80, 8)), y, ids, bootstrap=boot),
+        'benchmark': 'ct-rate',
+        'classification': score(
+            Table(ids, ['A', 'B', 'C'], s), Table(ids, ['A', 'B', 'C'], y), bootstrap=boot
+        ),
+        'retrieval': score_retrieval(
+            rng.normal(size=(80, 8)), rng.normal(size=(80, 8)), y, ids, bootstrap=boot
+        ),
     }
     paths = write_report(metrics, tmp_path)
     for key in ('roc', 'auroc_bars', 'retrieval'):
@@ -37,6 +42,7 @@ def test_write_report_renders_everything(tmp_path):
     assert '\n\nVersions:' in (tmp_path / 'report.md').read_text()  # the list is closed first
     md = (tmp_path / 'report.md').read_text()
     assert 'Published results (their protocols, not recomputed)' in md
+    assert '| this run (our protocol, above) | ' in md  # ours next to the published rows
     assert '| CT-CLIP | 73.1 | 62.9 |' in md and '![roc](roc_curves.png)' in md
     assert 'F1 (positive class)' in md and 'Undefined (one label value only)' in md
     html = (tmp_path / 'report.html').read_text()

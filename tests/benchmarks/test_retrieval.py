@@ -30,9 +30,16 @@ def _ctclip_volume_to_volume(image, labels, k_list):
     ratios_external, outs = [], []
     for n in k_list:
         for i in range(len(image)):
-            crosses = [np.dot(image[i], image[k]) / (np.linalg.norm(image[i]) * np.linalg.norm(image[k])) for k in second]
-            top = [idx for idx, _ in sorted(enumerate(crosses), key=lambda x: x[1], reverse=True)[:n]]
-            ratios_external.append(np.mean([calc_similarity(labels[i], labels[second[t]]) for t in top]))
+            crosses = [
+                np.dot(image[i], image[k]) / (np.linalg.norm(image[i]) * np.linalg.norm(image[k]))
+                for k in second
+            ]
+            top = [
+                idx for idx, _ in sorted(enumerate(crosses), key=lambda x: x[1], reverse=True)[:n]
+            ]
+            ratios_external.append(
+                np.mean([calc_similarity(labels[i], labels[second[t]]) for t in top])
+            )
         outs.append(float(np.mean(ratios_external)))
     return outs
 
@@ -72,7 +79,9 @@ def test_quirk_negative_queries_score_zero():
 def test_quirk_cumulative_k():
     plain, _ = volume_map_values(EMB, LABELS, RetrievalOptions(map_ks=(1, 2)))
     cum, _ = volume_map_values(EMB, LABELS, RetrievalOptions(map_ks=(1, 2), cumulative_k=True))
-    assert np.allclose(cum[:, 1], (plain[:, 0] + plain[:, 1]) / 2) and np.allclose(cum[:, 0], plain[:, 0])
+    assert np.allclose(cum[:, 1], (plain[:, 0] + plain[:, 1]) / 2) and np.allclose(
+        cum[:, 0], plain[:, 0]
+    )
 
 
 def test_quirk_ties_by_index_vs_pessimistic():
@@ -88,7 +97,9 @@ def test_exclude_same_scan_and_report_match_scan():
     emb = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.1, 1.0]])
     labels = np.array([[1, 0], [1, 0], [0, 1], [1, 1]], dtype=float)
     units = np.array([0, 0, 1, 2])  # rows 0 and 1 are reconstructions of one scan
-    by_scan = volume_map_values(emb, labels, RetrievalOptions(exclude='scan', map_ks=(1,)), units)[0]
+    by_scan = volume_map_values(emb, labels, RetrievalOptions(exclude='scan', map_ks=(1,)), units)[
+        0
+    ]
     assert by_scan[0, 0] == pytest.approx(0.5)  # its twin is excluded, next is row 3 (J = 1/2)
     text = np.array([[1.0, 0.002], [1.0, 0.002], [0.0, 1.0], [0.1, 1.0]])
     ranks = report_ranks(emb, text, RetrievalOptions(report_match='scan'), units)

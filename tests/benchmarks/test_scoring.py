@@ -41,9 +41,13 @@ def test_per_scan_scoring_aggregates_reconstructions():
     scores = Table(ids, ['A'], np.array([[0.9], [0.1], [0.4], [0.45]]))
     by_volume = score(scores, labels, options=ScoringOptions(unit='volume'), bootstrap=FEW)
     by_scan = score(scores, labels, options=ScoringOptions(unit='scan'), bootstrap=FEW)
-    by_max = score(scores, labels, options=ScoringOptions(unit='scan', scan_aggregate='max'), bootstrap=FEW)
+    by_max = score(
+        scores, labels, options=ScoringOptions(unit='scan', scan_aggregate='max'), bootstrap=FEW
+    )
     assert by_volume['per_class']['A']['auroc']['value'] == 0.5
-    assert by_scan['n_items'] == 3 and by_scan['per_class']['A']['auroc']['value'] == 1.0  # mean 0.5 > 0.45
+    assert (
+        by_scan['n_items'] == 3 and by_scan['per_class']['A']['auroc']['value'] == 1.0
+    )  # mean 0.5 > 0.45
     assert by_max['per_class']['A']['auroc']['value'] == 1.0
 
 
@@ -52,8 +56,12 @@ def test_uncertain_labels_options():
     labels = Table(ids, ['A'], np.array([[1.0], [-1.0], [0.0], [0.0]]))
     scores = Table(ids, ['A'], np.array([[0.9], [0.2], [0.5], [0.1]]))
     excl = score(scores, labels, bootstrap=FEW)['per_class']['A']
-    neg = score(scores, labels, options=ScoringOptions(uncertain='negative'), bootstrap=FEW)['per_class']['A']
-    pos = score(scores, labels, options=ScoringOptions(uncertain='positive'), bootstrap=FEW)['per_class']['A']
+    neg = score(scores, labels, options=ScoringOptions(uncertain='negative'), bootstrap=FEW)[
+        'per_class'
+    ]['A']
+    pos = score(scores, labels, options=ScoringOptions(uncertain='positive'), bootstrap=FEW)[
+        'per_class'
+    ]['A']
     assert (excl['n_positive'], excl['n_negative']) == (1, 2)
     assert (neg['n_positive'], neg['n_negative']) == (1, 3)
     assert pos['auroc']['value'] == pytest.approx(roc_auc_score([1, 1, 0, 0], [0.9, 0.2, 0.5, 0.1]))
@@ -67,6 +75,8 @@ def test_class_without_positives_is_left_out_of_means():
     assert res['undefined_classes'] == ['B']
     assert res['per_class']['B']['auroc']['value'] is None
     assert res['macro']['auroc']['value'] == 1.0
+    assert res['n_classes_in_means'] == 1  # every mean, not only AUROC, skips class B
+    assert res['macro']['specificity']['value'] == res['per_class']['A']['specificity']['value']
 
 
 def test_scoring_errors():

@@ -53,9 +53,42 @@ def test_round_trip_and_errors(tmp_path):
 
 
 def test_align_requires_every_labelled_volume(tmp_path):
-    labels = Table(['a.nii.gz', 'b.nii.gz', 'c.nii.gz'], ['A'], np.array([[1.0], [0.0], [1.0]]), 'labels.csv')
+    labels = Table(
+        ['a.nii.gz', 'b.nii.gz', 'c.nii.gz'], ['A'], np.array([[1.0], [0.0], [1.0]]), 'labels.csv'
+    )
     scores = Table(['c', 'a', 'z'], ['A'], np.array([[0.3], [0.9], [0.5]]), 'scores.csv')
-    with pytest.raises(ValueError, match='1 of 3 labelled volumes in labels.csv have no row in scores.csv'):
+    with pytest.raises(
+        ValueError, match='1 of 3 labelled volumes in labels.csv have no row in scores.csv'
+    ):
         align(scores, labels)
     s, lab = align(scores, labels, allow_missing=True)
     assert lab.ids == ['a.nii.gz', 'c.nii.gz'] and s.values[:, 0].tolist() == [0.9, 0.3]
+
+
+def test_per_scan_prevalence_matches_the_dataset_card():
+    from benchmarks.scoring import group_by_scan
+
+    labels = ctrate.load_labels(shared_path('ctrate', 'valid_predicted_labels.csv'))
+    scans = group_by_scan(labels, 'mean', 'labels')
+    card = [
+        10.1,
+        27.8,
+        10.5,
+        7.0,
+        24.8,
+        13.9,
+        25.4,
+        19.5,
+        23.3,
+        45.0,
+        38.7,
+        27.3,
+        12.1,
+        8.1,
+        11.2,
+        19.1,
+        10.8,
+        7.9,
+    ]
+    assert len(scans) == 1564
+    assert np.round(scans.values.mean(0) * 100, 1).tolist() == card

@@ -27,6 +27,7 @@ WORDS = [
     'a',
     'in',
     'the',
+    '.',
 ]
 
 REMOTE_CONFIG = """

@@ -19,9 +19,9 @@ def many_reports(tmp_path: Path):
     """n distinct reports, for concurrency and resume tests."""
 
     def make(n: int) -> Path:
-        rows = [(f'r{i}', f'Report number {i}. Heart size is normal.', 'Not given.') for i in range(n)]
+        rows = [
+            (f'r{i}', f'Report number {i}. Heart size is normal.', 'Not given.') for i in range(n)
+        ]
         return write_ctrate_csv(tmp_path / f'reports_{n}.csv', rows)
 
     return make
-
-

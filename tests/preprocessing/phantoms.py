@@ -15,10 +15,17 @@ ORIGIN = (-142.5, -160.0, -300.0)
 MARKER_LPS = (60.0, -110.0, -220.0)
 
 
-def phantom_hu(shape_zyx=SHAPE_ZYX, spacing_xyz=SPACING_XYZ, origin=ORIGIN, pad=-2048) -> np.ndarray:
+def phantom_hu(
+    shape_zyx=SHAPE_ZYX, spacing_xyz=SPACING_XYZ, origin=ORIGIN, pad=-2048
+) -> np.ndarray:
     """int16 HU (z, y, x) of an LPS-indexed chest: body, two lungs, spine, table, one marker."""
-    z, y, x = np.meshgrid(*[origin[a] + spacing_xyz[a] * np.arange(n) for a, n in zip((2, 1, 0), shape_zyx)],
-                          indexing='ij')
+    z, y, x = np.meshgrid(
+        *[
+            origin[a] + spacing_xyz[a] * np.arange(n)
+            for a, n in zip((2, 1, 0), shape_zyx, strict=False)
+        ],
+        indexing='ij',
+    )
     cx, cy = origin[0] + spacing_xyz[0] * (shape_zyx[2] - 1) / 2 + 10, -40.0
     vol = np.full(shape_zyx, -1000, np.int16)
     body = ((x - cx) / 125) ** 2 + ((y - cy) / 90) ** 2 <= 1
@@ -29,7 +36,9 @@ def phantom_hu(shape_zyx=SHAPE_ZYX, spacing_xyz=SPACING_XYZ, origin=ORIGIN, pad=
     spine = (x - cx) ** 2 + (y - cy - 60) ** 2 <= 15**2
     vol[spine] = 700
     vol[(y > cy + 100) & (y < cy + 108) & (np.abs(x - cx) < 140)] = 300  # table, detached
-    marker = ((x - MARKER_LPS[0]) ** 2 + (y - MARKER_LPS[1]) ** 2 + (z - MARKER_LPS[2]) ** 2) <= 12**2
+    marker = (
+        (x - MARKER_LPS[0]) ** 2 + (y - MARKER_LPS[1]) ** 2 + (z - MARKER_LPS[2]) ** 2
+    ) <= 12**2
     vol[marker] = 1500
     fov = (x - cx) ** 2 + (y - cy) ** 2 > 170**2
     vol[fov] = pad
@@ -43,8 +52,13 @@ def hu_image(vol: np.ndarray, spacing_xyz=SPACING_XYZ, origin=ORIGIN) -> sitk.Im
     return image
 
 
-def write_ctrate_tree(root: Path, names: list[str], versions=('v1', 'v2'), siemens: set[str] = frozenset(),
-                      shapes: dict[str, tuple] | None = None) -> Path:
+def write_ctrate_tree(
+    root: Path,
+    names: list[str],
+    versions=('v1', 'v2'),
+    siemens: set[str] = frozenset(),
+    shapes: dict[str, tuple] | None = None,
+) -> Path:
     """A CT-RATE tree: v1 (blank header, raw values) and/or v2 (_fixed, LPS, HU) + metadata CSVs."""
     dataset = root / 'dataset'
     meta_rows = {'train': [], 'valid': []}
@@ -63,13 +77,21 @@ def write_ctrate_tree(root: Path, names: list[str], versions=('v1', 'v2'), sieme
             path = dataset / split / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             sitk.WriteImage(sitk.GetImageFromArray(raw), str(path))
-        meta_rows[split].append({
-            'VolumeName': name, 'Manufacturer': 'Siemens Healthineers' if name in siemens else 'Philips',
-            'XYSpacing': f'[{SPACING_XYZ[1]}, {SPACING_XYZ[0]}]', 'ZSpacing': SPACING_XYZ[2],
-            'RescaleSlope': 1, 'RescaleIntercept': intercept,
-            'ImagePositionPatient': str(list(ORIGIN)), 'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]',
-            'Rows': shape[1], 'Columns': shape[2], 'NumberofSlices': shape[0],
-        })
+        meta_rows[split].append(
+            {
+                'VolumeName': name,
+                'Manufacturer': 'Siemens Healthineers' if name in siemens else 'Philips',
+                'XYSpacing': f'[{SPACING_XYZ[1]}, {SPACING_XYZ[0]}]',
+                'ZSpacing': SPACING_XYZ[2],
+                'RescaleSlope': 1,
+                'RescaleIntercept': intercept,
+                'ImagePositionPatient': str(list(ORIGIN)),
+                'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]',
+                'Rows': shape[1],
+                'Columns': shape[2],
+                'NumberofSlices': shape[0],
+            }
+        )
     (dataset / 'metadata').mkdir(parents=True, exist_ok=True)
     for split, file in (('train', 'train_metadata.csv'), ('valid', 'validation_metadata.csv')):
         rows = meta_rows[split]
@@ -87,8 +109,14 @@ def marker_index(array: np.ndarray) -> np.ndarray:
     return np.argwhere(array > 1000).mean(axis=0)
 
 
-def write_dicom_series(folder: Path, vol: np.ndarray, z_positions: list[float], spacing_xy=(3.0, 3.0),
-                       uid: str = '1.2.826.0.1.3680043.2.1125.1', iop=(1, 0, 0, 0, 1, 0)) -> Path:
+def write_dicom_series(
+    folder: Path,
+    vol: np.ndarray,
+    z_positions: list[float],
+    spacing_xy=(3.0, 3.0),
+    uid: str = '1.2.826.0.1.3680043.2.1125.1',
+    iop=(1, 0, 0, 0, 1, 0),
+) -> Path:
     """One CT DICOM file per slice at the given z positions (ITK's writer stores HU + 1024)."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()

@@ -16,8 +16,13 @@ def _volume(seed):
 
 
 def _attrs(i):
-    return {'spacing_zyx': RECIPE.spacing_zyx, 'orientation': 'LPS', 'original_shape_zyx': (10, 20, 30),
-            'split': 'train', 'patient_id': f'p{i}'}
+    return {
+        'spacing_zyx': RECIPE.spacing_zyx,
+        'orientation': 'LPS',
+        'original_shape_zyx': (10, 20, 30),
+        'split': 'train',
+        'patient_id': f'p{i}',
+    }
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ def test_read_volume_crop_and_attrs(cache_path):
 def test_chunks_are_compressed_and_crop_sized(cache_path):
     with h5py.File(cache_path) as f:
         ds = f['volumes/vol0.nii.gz']
-        assert ds.dtype == np.int16 and ds.chunks == (28, 56, 56)
+        assert ds.dtype == np.int16 and ds.chunks == (14, 112, 112)
         assert '32001' in ds._filters  # blosc
 
 
@@ -90,8 +95,12 @@ def test_identical_content_gives_identical_bytes(tmp_path):
 
 def test_merge_exposes_shards_without_copying(tmp_path):
     for i in range(3):
-        write_single_volume(tmp_path / 'shards' / f's{i}.h5', RECIPE, f'v{i}', _volume(i), _attrs(i))
-    merged = merge_caches(tmp_path / 'out' / 'merged.h5', sorted((tmp_path / 'shards').glob('*.h5')))
+        write_single_volume(
+            tmp_path / 'shards' / f's{i}.h5', RECIPE, f'v{i}', _volume(i), _attrs(i)
+        )
+    merged = merge_caches(
+        tmp_path / 'out' / 'merged.h5', sorted((tmp_path / 'shards').glob('*.h5'))
+    )
     assert merged.stat().st_size < 50_000
     cache = open_cache(merged)
     assert cache.kind == 'merged' and cache.ids() == ['v0', 'v1', 'v2']

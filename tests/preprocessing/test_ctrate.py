@@ -7,7 +7,13 @@ from preprocessing.errors import PreprocessError
 from preprocessing.manifest import build_manifest
 from preprocessing.pipeline import process_row
 from preprocessing.recipes import get_recipe
-from tests.preprocessing.phantoms import MARKER_LPS, hu_image, marker_index, phantom_hu, write_ctrate_tree
+from tests.preprocessing.phantoms import (
+    MARKER_LPS,
+    hu_image,
+    marker_index,
+    phantom_hu,
+    write_ctrate_tree,
+)
 
 NAMES = ['train_1_a_1.nii.gz', 'train_1_a_2.nii.gz', 'valid_2_a_1.nii.gz']
 SMALL = get_recipe('small')
@@ -20,30 +26,60 @@ def tree(tmp_path_factory):
 
 
 def test_metadata_row_gives_geometry_and_rescale():
-    geo = geometry_from_metadata({
-        'XYSpacing': '[0.341796875, 0.341796875]', 'ZSpacing': '1.5', 'RescaleSlope': '1',
-        'RescaleIntercept': '-8192', 'ImagePositionPatient': '[-195.12, -373.12, -1250.8]',
-        'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]'})
+    geo = geometry_from_metadata(
+        {
+            'XYSpacing': '[0.341796875, 0.341796875]',
+            'ZSpacing': '1.5',
+            'RescaleSlope': '1',
+            'RescaleIntercept': '-8192',
+            'ImagePositionPatient': '[-195.12, -373.12, -1250.8]',
+            'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]',
+        }
+    )
     assert geo.spacing_xyz == (0.341796875, 0.341796875, 1.5)
     assert geo.origin == (-195.12, -373.12, -1250.8) and geo.intercept == -8192
     assert geo.direction == (1, 0, 0, 0, 1, 0, 0, 0, 1)
 
 
-@pytest.mark.parametrize('row, message', [
-    ({'XYSpacing': '[0.7, 0.7]'}, 'lacks'),
-    ({'XYSpacing': '[0.7]', 'ZSpacing': '1', 'RescaleSlope': '1', 'RescaleIntercept': '-1024',
-      'ImagePositionPatient': '[0, 0, 0]', 'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]'}, 'XYSpacing must be 2'),
-    ({'XYSpacing': '[0.7, 0.7]', 'ZSpacing': '1', 'RescaleSlope': '1', 'RescaleIntercept': '-1024',
-      'ImagePositionPatient': '[0, 0, 0]', 'ImageOrientationPatient': '[1, 0, 0, 1, 0, 0]'}, 'orthonormal'),
-])
+@pytest.mark.parametrize(
+    'row, message',
+    [
+        ({'XYSpacing': '[0.7, 0.7]'}, 'lacks'),
+        (
+            {
+                'XYSpacing': '[0.7]',
+                'ZSpacing': '1',
+                'RescaleSlope': '1',
+                'RescaleIntercept': '-1024',
+                'ImagePositionPatient': '[0, 0, 0]',
+                'ImageOrientationPatient': '[1, 0, 0, 0, 1, 0]',
+            },
+            'XYSpacing must be 2',
+        ),
+        (
+            {
+                'XYSpacing': '[0.7, 0.7]',
+                'ZSpacing': '1',
+                'RescaleSlope': '1',
+                'RescaleIntercept': '-1024',
+                'ImagePositionPatient': '[0, 0, 0]',
+                'ImageOrientationPatient': '[1, 0, 0, 1, 0, 0]',
+            },
+            'orthonormal',
+        ),
+    ],
+)
 def test_bad_metadata_names_the_column(row, message):
     with pytest.raises(PreprocessError, match=message):
         geometry_from_metadata(row)
 
 
 def test_volume_name_parts():
-    assert split_volume_name('valid_53_a_1.nii.gz') == {'patient_id': 'valid_53', 'scan_id': 'valid_53_a',
-                                                        'split': 'valid'}
+    assert split_volume_name('valid_53_a_1.nii.gz') == {
+        'patient_id': 'valid_53',
+        'scan_id': 'valid_53_a',
+        'split': 'valid',
+    }
     with pytest.raises(ValueError, match='must look like'):
         split_volume_name('scan.nii.gz')
 

@@ -67,13 +67,16 @@ def test_npz_uses_spacing_json(tmp_path):
         read_npz(tmp_path / 'bad.npz')
 
 
-@pytest.mark.parametrize('name, content, message', [
-    ('empty.nii.gz', b'', 'empty file'),
-    ('text.nii.gz', b'this is a radiology report, not an image', 'not gzip data'),
-    ('text.nii', b'x' * 400, 'not a readable NIfTI'),
-    ('vol.npz', b'PK\x03\x04 broken', 'not a readable .npz'),
-    ('notes.txt', b'hello', 'cannot tell the format'),
-])
+@pytest.mark.parametrize(
+    'name, content, message',
+    [
+        ('empty.nii.gz', b'', 'empty file'),
+        ('text.nii.gz', b'this is a radiology report, not an image', 'not gzip data'),
+        ('text.nii', b'x' * 400, 'not a readable NIfTI'),
+        ('vol.npz', b'PK\x03\x04 broken', 'not a readable .npz'),
+        ('notes.txt', b'hello', 'cannot tell the format'),
+    ],
+)
 def test_unreadable_files_name_the_problem(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(PreprocessError, match=message):

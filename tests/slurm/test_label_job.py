@@ -1,0 +1,86 @@
+"""slurm/label.sbatch on the local Slurm cluster, against an OpenAI-compatible server on the node.
+
+The job starts the server itself (--server-cmd, port from the job id), labels slowly, gets the
+time-limit warning (USR1 to the batch shell, as --signal=B:USR1@120 sends it), stops, requeues
+itself, and the requeued run starts the server again and finishes from the response cache: no
+report is asked twice (beyond the one in flight) and the outputs cover every report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_labeling.schema import FINDINGS
+from tests.slurm.conftest import Job, assert_completed, job_states, make_eligible_now, submit, wait_done, wait_for
+
+N_REPORTS = 8
+STUB = Path(__file__).with_name('openai_stub.py')
+
+
+def _write_reports(path: Path) -> None:
+    with path.open('w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['VolumeName', 'ClinicalInformation_EN', 'Technique_EN', 'Findings_EN', 'Impressions_EN'])
+        for i in range(N_REPORTS):
+            findings = f'Case {i}: a {4 + i} mm nodule in the right upper lobe. No pleural effusion.'
+            writer.writerow([f'valid_{i}_a_1.nii.gz', 'Not given.', 'Not given.', findings, 'Nodule.'])
+
+
+def _requests(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path):
+    reports, out, request_log = tmp_path / 'reports.csv', tmp_path / 'labels', tmp_path / 'requests.log'
+    _write_reports(reports)
+    server = f'{sys.executable} {STUB} --host {{host}} --port {{port}} --latency 0.7 --log {request_log}'
+    job = submit(
+        'label.sbatch',
+        ['--server-cmd', server, '--', '--reports', str(reports), '--out-dir', str(out), '--model', 'stub',
+         '--concurrency', '1'],
+        ['--time=10', '--cpus-per-task=1'],
+        tmp_path,
+        env={'CTCLIP_LOG_DIR': tmp_path, 'CTCLIP_RESIGNAL_S': 2},
+    )
+    deadline = time.monotonic() + 90
+    while _requests(request_log) < 2:  # labeling is under way
+        assert time.monotonic() < deadline, f'no requests reached the server\n{job.logs()}'
+        assert _running_or_pending(job), job.logs()
+        time.sleep(0.2)
+    subprocess.run(['scancel', '--batch', '--signal=USR1', job.id], check=True)
+    wait_for(job.id, lambda s: s[job.id]['JobState'] == 'PENDING' and int(s[job.id]['Restarts']) >= 1, 60,
+             'the job to requeue itself')
+    first_run = _requests(request_log)
+    assert first_run < N_REPORTS, f'the first run labelled everything before the signal ({first_run})'
+    make_eligible_now(job.id)
+    states = wait_done(job, timeout=120)
+    assert_completed(job, states)
+
+    log = job.logs()
+    assert 'USR1' in log and 'requeueing job' in log, log
+    assert log.count('starting the LLM server') == 2, log
+    assert log.count('stopping the LLM server') == 2, log
+    total = _requests(request_log)
+    assert total <= N_REPORTS + 1, f'{total} requests for {N_REPORTS} reports: the cache was not used\n{log}'
+    assert total - first_run < N_REPORTS, log
+
+    with (out / 'labels.csv').open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r['report_id'] for r in rows] == [f'valid_{i}_a_1.nii.gz' for i in range(N_REPORTS)]
+    assert all(r[name] != '' for r in rows for name in FINDINGS), 'a report was left unlabelled'
+    assert len((out / 'evidence.jsonl').read_text().splitlines()) == N_REPORTS
+    meta = json.loads((out / 'labels.meta.json').read_text())
+    assert meta['backend'] == 'openai', meta
+
+
+def _running_or_pending(job: Job) -> bool:
+    return job_states(job.id).get(job.id, {}).get('JobState') in ('PENDING', 'RUNNING', 'CONFIGURING')
