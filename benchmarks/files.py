@@ -34,6 +34,9 @@ def score_files(cfg: dict) -> dict:
     metrics = metrics_header(
         cfg, 'Zero-shot classification (scored from files)', 'ctclip-zero-shot'
     )
+    if cfg.get('benchmark') not in (None, 'ct-rate', 'rad-chestct'):
+        raise ValueError(f'benchmark must be ct-rate or rad-chestct, not {cfg["benchmark"]!r}')
+    metrics['benchmark'] = cfg.get('benchmark')
     classes = None
     if cfg.get('mapping') and radchestct.is_raw_table(labels):
         mapping = radchestct.get_mapping(cfg['mapping'])
@@ -41,6 +44,7 @@ def score_files(cfg: dict) -> dict:
         if not set(mapping.class_names) <= set(scores.columns):
             scores = radchestct.map_scores(scores, mapping)
         metrics['mapping'] = mapping.as_dict()
+        metrics['benchmark'] = 'rad-chestct'
         classes = mapping.class_names
     metrics['classification'] = score(
         scores, labels, classes, scoring_options(cfg), bootstrap_config(cfg)

@@ -11,7 +11,8 @@ scripts exactly, quirk by quirk, for comparison with published tables:
 - `cumulative_k=True`: the reference appends every K's per-query values to one list, so its
   MAP@K is the running mean over all K up to this one;
 - `ties='index'`: equal similarities rank by position (Python's stable sort); our default counts
-  ties against the query (the pessimistic rank), so a constant model cannot look good.
+  ties against the query (the pessimistic rank), so a constant model cannot look good. This
+  applies to Recall@K; MAP@K's top K always breaks ties by position, as the reference does.
 """
 
 from __future__ import annotations

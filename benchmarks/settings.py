@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     'reports': None,
     'split': 'valid',
     'mapping': 'ctclip16',
+    # `bench score`: which benchmark the scores are for (ct-rate | rad-chestct), so the report
+    # puts them next to the published numbers; the model runners set it themselves
+    'benchmark': None,
     'out': None,
     'limit': None,  # score only the first N labelled volumes (smoke runs)
     'allow_missing': False,

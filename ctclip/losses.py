@@ -22,6 +22,12 @@ _logger = logging.getLogger(__name__)
 UNCERTAIN_MODES = ('ignore', 'positive', 'negative')
 KL_DIRECTIONS = ('report_to_image', 'image_to_report')
 _EPS = 1e-8
+# What each term reads from the model outputs, and what produces it (for the error message).
+_FEATURES = {
+    'image_features': 'an image batch',
+    'text_features': 'a text batch',
+    'logit_scale': 'any forward',
+}
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -103,6 +109,7 @@ class BCELoss:
     pseudo_weight: float = 1.0
     text: bool = False
     name = 'bce'
+    requires = {'image_logits': "a classifier (head_cfg.type 'image' or 'shared')"}
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         logits = outputs['image_logits']
@@ -131,6 +138,7 @@ class TextBCELoss:
     uncertain: str = 'ignore'
     unpaired_only: bool = True
     name = 'text_bce'
+    requires = {'text_logits': "head_cfg.type 'shared'"}
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         logits = outputs['text_logits']
@@ -168,6 +176,7 @@ class ClipLoss:
 
     weight: float = 1.0
     name = 'clip'
+    requires = _FEATURES
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         g = _Gathered(outputs, batch)
@@ -188,6 +197,7 @@ class MultiPositiveLoss:
     weight: float = 1.0
     paired_diagonal: bool = True
     name = 'multi_positive'
+    requires = _FEATURES
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         g = _Gathered(outputs, batch, with_labels=True)
@@ -223,6 +233,11 @@ class EvidenceLoss:
     entropy_weight: float = 0.1
     kl_direction: str = 'report_to_image'
     name = 'evidence'
+    requires = {
+        'image_tokens': 'an image batch',
+        'evidence_features': 'evidence_input_ids passed to the model',
+        'prototypes': 'evidence_cfg.enabled: true in the model config',
+    }
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         tokens, evidence = outputs['image_tokens'], outputs['evidence_features']
@@ -328,6 +343,10 @@ class CombinedLoss:
         values: dict[str, torch.Tensor] = {}
         total = None
         for term in self.terms:
+            missing = {k: v for k, v in term.requires.items() if outputs.get(k) is None}
+            if missing:
+                needs = ', '.join(f"'{k}' (from {v})" for k, v in missing.items())
+                raise KeyError(f"loss term '{term.name}' needs model outputs {needs}")
             for key, value in term(outputs, batch).items():
                 weight = getattr(term, _SUBTERM_WEIGHTS.get(key, 'weight'))
                 values[key] = value

@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from llm_labeling import lexicon
 from llm_labeling.schema import (
@@ -27,7 +28,6 @@ from llm_labeling.schema import (
 _logger = logging.getLogger(__name__)
 
 _FLAGS = re.IGNORECASE
-_RULES_CODE_VERSION = '1'
 _GROUP = re.compile(r'\(\?P<\w+>')
 _RANK = {Status.PRESENT: 3, Status.UNCERTAIN: 2, Status.ABSENT: 1}
 
@@ -51,6 +51,7 @@ _STRUCTURE = re.compile(
     r'|bronch\w*|carotid\w*|subclavian|brachiocephalic|superior vena cava|vena cava|jugular)',
     _FLAGS,
 )
+_LOCATIVE_INTRO = re.compile(r'(?:in|at|on|within|along)\s+(?:the\s+)?\S', _FLAGS)
 _SIZE = re.compile(
     r'\b\d+(?:[.,]\d+)?(?:\s*[x×*]\s*\d+(?:[.,]\d+)?)*\s*(?:mm|cm)\b',
     _FLAGS,
@@ -62,10 +63,11 @@ _SEVERITY = re.compile(
 )
 _EXTENT = re.compile(
     r'\b(diffuse|focal|multifocal|widespread|patchy|scattered|localized|segmental|subsegmental|'
-    r'lobar|extensive|multiple|bilateral|peripheral|centrilobular|paraseptal|panlobular|'
-    r'subpleural|linear|nodular)\b',
+    r'lobar|extensive|multiple|peripheral|centrilobular|paraseptal|panlobular|subpleural|linear|'
+    r'nodular)\b',
     _FLAGS,
 )
+_BILATERAL = re.compile(r'\b(bilateral(?:ly)?)\b', _FLAGS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class _Mention:
     status: Status
     clause: _Clause
     start: int  # of the trigger match, relative to the clause
+    end: int
 
 
 class _CompiledLexicon:
@@ -139,6 +142,13 @@ def _overlaps(span: tuple[int, int], others: Iterable[tuple[int, int]]) -> bool:
     return any(span[0] < b and a < span[1] for a, b in others)
 
 
+def _fingerprint() -> str:
+    """Hash of the lexicon and of this module's source: any rule or code change gives a new version."""
+    digest = hashlib.sha256(lexicon.lexicon_fingerprint().encode())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 class RulesLabeler:
     """Labels a report with the 18 CT-RATE findings and quotes the clause that decided each one.
 
@@ -151,10 +161,7 @@ class RulesLabeler:
         (1, 0)
     """
 
-    version: str = 'rules-{}-{}'.format(
-        _RULES_CODE_VERSION,
-        hashlib.sha256(lexicon.lexicon_fingerprint().encode()).hexdigest()[:12],
-    )
+    version: str = 'rules-' + _fingerprint()
 
     def __init__(self) -> None:
         self._lex = _CompiledLexicon()
@@ -206,7 +213,7 @@ class RulesLabeler:
                     if _overlaps((start, end), excluded):
                         continue
                     status = self._status(clause.text, start, end)
-                    out.append(_Mention(name, status, clause, start))
+                    out.append(_Mention(name, status, clause, start, end))
                     break
         return out
 
@@ -229,13 +236,26 @@ class RulesLabeler:
 
     @staticmethod
     def _evidence(mention: _Mention) -> FindingEvidence:
+        """The clause is the quote. Location and descriptors come from the comma-delimited part
+        around the trigger, so in "plaques in the aorta, a 5 mm nodule in the right lower lobe"
+        each finding keeps its own words; a leading "In the left lung, ..." also counts."""
         quote = mention.clause.text
+        left = quote.rfind(',', 0, mention.start) + 1
+        right = quote.find(',', mention.end)
+        near = quote[left : right if right >= 0 else len(quote)]
+        location = _parse_location(near)
+        intro = quote[: max(left - 1, 0)]
+        if _LOCATIVE_INTRO.match(intro):
+            lead = _parse_location(intro)
+            for key, value in location:
+                if value is None:
+                    setattr(location, key, getattr(lead, key))
         return FindingEvidence(
             finding=mention.finding,
             status=mention.status,
             quote=quote,
-            location=_parse_location(quote),
-            descriptors=_parse_descriptors(quote),
+            location=location,
+            descriptors=_parse_descriptors(near),
         )
 
 
@@ -257,5 +277,7 @@ def _parse_location(quote: str) -> Location:
 def _parse_descriptors(quote: str) -> Descriptors:
     """Size, severity and extent words as written in the quote."""
     return Descriptors(
-        size=_first(_SIZE, quote), severity=_first(_SEVERITY, quote), extent=_first(_EXTENT, quote)
+        size=_first(_SIZE, quote),
+        severity=_first(_SEVERITY, quote),
+        extent=_first(_EXTENT, quote) or _first(_BILATERAL, quote),
     )

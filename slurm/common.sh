@@ -42,6 +42,7 @@ ctclip_load_site() {
     # Variables set in the environment win over the file, so `--export=...,CTCLIP_X=...` works.
     local saved
     # (declare -p inside a function would re-declare them as locals: make them global again)
+    # shellcheck disable=SC2046
     saved=$(declare -p $(compgen -v CTCLIP_) 2>/dev/null |
       sed -e 's/^declare -- /declare -g /' -e 's/^declare -\([a-zA-Z]*\) /declare -g\1 /' || true)
     # shellcheck disable=SC1090

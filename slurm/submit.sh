@@ -45,7 +45,7 @@ if [ -n "$site" ]; then
 fi
 
 # helper options (preprocess), then sbatch options, then -- and the script's own arguments
-shards= tasks= merge_job= sbatch_user=()
+shards='' tasks='' merge_job='' sbatch_user=()
 while [ $# -gt 0 ]; do
   case $1 in
   --shards) shards=$2 && shift 2 ;;

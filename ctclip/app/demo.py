@@ -83,7 +83,7 @@ class Demo:
 
     def __init__(self, cfg: dict):
         if cfg['layout'] not in VALID_LAYOUTS:
-            raise ValueError(f"layout must be one of {VALID_LAYOUTS}, not {cfg['layout']!r}")
+            raise ValueError(f'layout must be one of {VALID_LAYOUTS}, not {cfg["layout"]!r}')
         self.cfg = cfg
         self.out = Path(cfg['out']).resolve()
         self.ctrate_root = Path(cfg['data']).resolve() if cfg['data'] else self.out / 'cohort'
@@ -110,52 +110,134 @@ class Demo:
     def synth(self, s: dict) -> dict:
         summary: dict = {}
         if not self.cfg['data']:
-            _cli(['synth', '--out', str(self.ctrate_root), '--n', str(s['n']), '--seed',
-                  str(s['seed']), '--layout', 'ct-rate', '--small'], 'synth')
+            _cli(
+                [
+                    'synth',
+                    '--out',
+                    str(self.ctrate_root),
+                    '--n',
+                    str(s['n']),
+                    '--seed',
+                    str(s['seed']),
+                    '--layout',
+                    'ct-rate',
+                    '--small',
+                ],
+                'synth',
+            )
             summary['ctrate_root'] = str(self.ctrate_root)
         if self.wants_rad:
-            _cli(['synth', '--out', str(self.rad_root), '--n', str(s['n_rad']), '--seed',
-                  str(s['seed'] + 1), '--layout', 'rad-chestct', '--small'], 'synth')
+            _cli(
+                [
+                    'synth',
+                    '--out',
+                    str(self.rad_root),
+                    '--n',
+                    str(s['n_rad']),
+                    '--seed',
+                    str(s['seed'] + 1),
+                    '--layout',
+                    'rad-chestct',
+                    '--small',
+                ],
+                'synth',
+            )
             summary['rad_root'] = str(self.rad_root)
         return summary
 
     def preprocess(self, s: dict) -> dict:
-        _cli(['preprocess', '--input', str(self.ctrate_root), '--out', str(self.paths['ctrate_cache']),
-              '--recipe', s['recipe'], '--workers', str(s['workers'])], 'preprocess')
+        _cli(
+            [
+                'preprocess',
+                '--input',
+                str(self.ctrate_root),
+                '--out',
+                str(self.paths['ctrate_cache']),
+                '--recipe',
+                s['recipe'],
+                '--workers',
+                str(s['workers']),
+            ],
+            'preprocess',
+        )
         if self.wants_rad:
-            _cli(['preprocess', '--input', str(self.rad_root / 'radchestct'), '--out',
-                  str(self.paths['rad_cache']), '--recipe', s['recipe'], '--workers',
-                  str(s['workers'])], 'preprocess')
+            _cli(
+                [
+                    'preprocess',
+                    '--input',
+                    str(self.rad_root / 'radchestct'),
+                    '--out',
+                    str(self.paths['rad_cache']),
+                    '--recipe',
+                    s['recipe'],
+                    '--workers',
+                    str(s['workers']),
+                ],
+                'preprocess',
+            )
         return {k: str(v) for k, v in self.paths.items() if k.endswith('cache')}
 
     def label(self, s: dict) -> dict:
         out = self.paths['labels']
         reports = _concat_csv(
-            [self.ctrate('radiology_text_reports', f'{x}_reports.csv') for x in ('train', 'validation')],
+            [
+                self.ctrate('radiology_text_reports', f'{x}_reports.csv')
+                for x in ('train', 'validation')
+            ],
             out / 'reports.csv',
         )
-        argv = ['label', '--reports', str(reports), '--out-dir', str(out), '--backend',
-                s['labeler']['backend'], '--concurrency', str(s['labeler']['concurrency'])]
+        argv = [
+            'label',
+            '--reports',
+            str(reports),
+            '--out-dir',
+            str(out),
+            '--backend',
+            s['labeler']['backend'],
+            '--concurrency',
+            str(s['labeler']['concurrency']),
+        ]
         for flag in ('model', 'base_url'):
             if s['labeler'].get(flag):
-                argv += [f"--{flag.replace('_', '-')}", str(s['labeler'][flag])]
+                argv += [f'--{flag.replace("_", "-")}', str(s['labeler'][flag])]
         _cli(argv, 'label')
-        gold_files = [self.ctrate('multi_abnormality_labels', f'{x}_predicted_labels.csv')
-                      for x in ('train', 'valid')]
+        gold_files = [
+            self.ctrate('multi_abnormality_labels', f'{x}_predicted_labels.csv')
+            for x in ('train', 'valid')
+        ]
         if all(p.exists() for p in gold_files):
             gold = _concat_csv(gold_files, out / 'gold_labels.csv')
-            _cli(['label', 'eval', '--pred', str(out / 'labels.csv'), '--gold', str(gold), '--out',
-                  str(out / 'eval')], 'label')
+            _cli(
+                [
+                    'label',
+                    'eval',
+                    '--pred',
+                    str(out / 'labels.csv'),
+                    '--gold',
+                    str(gold),
+                    '--out',
+                    str(out / 'eval'),
+                ],
+                'label',
+            )
         return {'labels': str(out / 'labels.csv'), 'evidence': str(out / 'evidence.jsonl')}
 
     def _train(self, s: dict, which: str, extra: list[str]) -> dict:
         out = self.paths[which]
         labels = self.paths['labels']
-        argv = ['train', '--config', str(configs_dir() / s['train'][which]),
-                f"data.cache={self.paths['ctrate_cache']}", f"data.labels={labels / 'labels.csv'}",
-                f"data.reports={labels / 'reports.csv'}", f"data.evidence={labels / 'evidence.jsonl'}",
-                f'train.output_dir={out}', f"train.seed={s['seed']}", *extra,
-                *s['train'][f'{which}_overrides']]
+        argv = [
+            'train',
+            '--config',
+            str(configs_dir() / s['train'][which]),
+            f'data.cache={self.paths["ctrate_cache"]}',
+            f'data.labels={labels / "labels.csv"}',
+            f'data.reports={labels / "reports.csv"}',
+            f'data.evidence={labels / "evidence.jsonl"}',
+            f'train.output_dir={out}',
+            f'train.seed={s["seed"]}',
+            *extra,
+            *s['train'][f'{which}_overrides'],
+        ]
         _cli(argv, f'train {which}')
         return {'model': str(out / 'final'), 'output_dir': str(out)}
 
@@ -163,25 +245,56 @@ class Demo:
         return self._train(s, 'stage1', [])
 
     def train_stage2(self, s: dict) -> dict:
-        return self._train(s, 'stage2', [f"train.init_from={self.paths['stage1'] / 'final'}"])
+        return self._train(s, 'stage2', [f'train.init_from={self.paths["stage1"] / "final"}'])
 
     def bench_ctrate(self, s: dict) -> dict:
         gold = self.ctrate('multi_abnormality_labels', 'valid_predicted_labels.csv')
-        _cli(['bench', 'ct-rate', '--model', str(self.paths['stage2'] / 'final'), '--data',
-              str(self.paths['ctrate_cache']), '--labels', str(gold), '--out',
-              str(self.paths['bench_ctrate']), f"bench.bootstrap={s['bench']['bootstrap']}",
-              f"bench.seed={s['bench']['seed']}"], 'bench ct-rate')
+        _cli(
+            [
+                'bench',
+                'ct-rate',
+                '--model',
+                str(self.paths['stage2'] / 'final'),
+                '--data',
+                str(self.paths['ctrate_cache']),
+                '--labels',
+                str(gold),
+                '--reports',
+                str(self.ctrate('radiology_text_reports', 'validation_reports.csv')),
+                '--out',
+                str(self.paths['bench_ctrate']),
+                f'bootstrap.n_draws={s["bench"]["bootstrap"]}',
+                f'bootstrap.seed={s["bench"]["seed"]}',
+            ],
+            'bench ct-rate',
+        )
         return {'out': str(self.paths['bench_ctrate'])}
 
     def bench_rad(self, s: dict) -> dict:
         rad = self.rad_root / 'radchestct'
-        labels = _concat_csv([rad / f'img{x}.csv' for x in ('train', 'valid', 'test')],
-                             self.paths['bench_rad'] / 'labels_all.csv')
-        _cli(['bench', 'rad-chestct', '--model', str(self.paths['stage2'] / 'final'), '--data',
-              str(self.paths['rad_cache']), '--labels', str(labels), '--mapping',
-              s['bench']['rad_mapping'], '--out', str(self.paths['bench_rad']),
-              f"bench.bootstrap={s['bench']['bootstrap']}", f"bench.seed={s['bench']['seed']}"],
-             'bench rad-chestct')
+        labels = _concat_csv(
+            [rad / f'img{x}.csv' for x in ('train', 'valid', 'test')],
+            self.paths['bench_rad'] / 'labels_all.csv',
+        )
+        _cli(
+            [
+                'bench',
+                'rad-chestct',
+                '--model',
+                str(self.paths['stage2'] / 'final'),
+                '--data',
+                str(self.paths['rad_cache']),
+                '--labels',
+                str(labels),
+                '--mapping',
+                s['bench']['rad_mapping'],
+                '--out',
+                str(self.paths['bench_rad']),
+                f'bootstrap.n_draws={s["bench"]["bootstrap"]}',
+                f'bootstrap.seed={s["bench"]["seed"]}',
+            ],
+            'bench rad-chestct',
+        )
         return {'out': str(self.paths['bench_rad'])}
 
     def report(self, s: dict) -> dict:
@@ -195,18 +308,41 @@ class Demo:
         data = {**base, 'n': c['n'], 'n_rad': c['n_rad'], 'data': c['data'], 'layout': c['layout']}
         stages = [
             Stage('synth', 'synthetic cohort', self.synth, data),
-            Stage('preprocess', 'preprocess to HDF5', self.preprocess, {**data, 'workers': c['workers']}),
+            Stage(
+                'preprocess',
+                'preprocess to HDF5',
+                self.preprocess,
+                {**data, 'workers': c['workers']},
+            ),
             Stage('label', 'label reports', self.label, {**data, 'labeler': c['labeler']}),
-            Stage('stage1', 'train stage 1 (supervised)', self.train_stage1,
-                  {**data, 'labeler': c['labeler'], 'train': c['train']}),
-            Stage('stage2', 'train stage 2 (evidence-aligned CLIP)', self.train_stage2,
-                  {**data, 'labeler': c['labeler'], 'train': c['train']}),
-            Stage('bench_ctrate', 'benchmark CT-RATE layout', self.bench_ctrate,
-                  {**data, 'train': c['train'], 'bench': c['bench']}),
+            Stage(
+                'stage1',
+                'train stage 1 (supervised)',
+                self.train_stage1,
+                {**data, 'labeler': c['labeler'], 'train': c['train']},
+            ),
+            Stage(
+                'stage2',
+                'train stage 2 (evidence-aligned CLIP)',
+                self.train_stage2,
+                {**data, 'labeler': c['labeler'], 'train': c['train']},
+            ),
+            Stage(
+                'bench_ctrate',
+                'benchmark CT-RATE layout',
+                self.bench_ctrate,
+                {**data, 'train': c['train'], 'bench': c['bench']},
+            ),
         ]
         if self.wants_rad:
-            stages.append(Stage('bench_rad', 'benchmark RAD-ChestCT layout', self.bench_rad,
-                                {**data, 'train': c['train'], 'bench': c['bench']}))
+            stages.append(
+                Stage(
+                    'bench_rad',
+                    'benchmark RAD-ChestCT layout',
+                    self.bench_rad,
+                    {**data, 'train': c['train'], 'bench': c['bench']},
+                )
+            )
         # The report is cheap and always rewritten, so it reflects whatever ran before.
         stages.append(Stage('report', 'write report', self.report, {'t': time.time()}))
         return stages

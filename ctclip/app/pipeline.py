@@ -70,7 +70,9 @@ class Pipeline:
 
     def run(self, force: tuple[str, ...] = ()) -> dict[str, dict]:
         results: dict[str, dict] = {}
-        bar = tqdm(total=len(self.stages), desc='ctclip demo', unit='stage', disable=not self.progress)
+        bar = tqdm(
+            total=len(self.stages), desc='ctclip demo', unit='stage', disable=not self.progress
+        )
         for stage in self.stages:
             bar.set_postfix_str(stage.title)
             previous = None if stage.name in force else self.done(stage)

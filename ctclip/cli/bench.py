@@ -106,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--scores', help='CSV: id column, then one column per class')
     p.add_argument('--labels', help='CSV in CT-RATE layout (or raw RAD-ChestCT with --mapping)')
     p.add_argument('--mapping', choices=_MAPPINGS, help='RAD-ChestCT mapping for raw RAD labels')
+    p.add_argument(
+        '--benchmark',
+        choices=('ct-rate', 'rad-chestct'),
+        help='put the numbers next to the published ones',
+    )
     _scoring_flags(p)
     p = sub.add_parser('retrieval', help='score image/text embeddings: Recall@K and MAP@K')
     _common(p)

@@ -22,20 +22,36 @@ root) and at an LLM with --labeler openai --base-url URL.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', help='output folder (default demo_out)')
-    parser.add_argument('--layout', choices=['ct-rate', 'rad-chestct', 'both'],
-                        help='which benchmark layouts to build and score (default both)')
-    parser.add_argument('--labeler', choices=['rules', 'openai', 'llamacpp'],
-                        help='labeling backend (default rules, the embedded offline labeler)')
+    parser.add_argument(
+        '--layout',
+        choices=['ct-rate', 'rad-chestct', 'both'],
+        help='which benchmark layouts to build and score (default both)',
+    )
+    parser.add_argument(
+        '--labeler',
+        choices=['rules', 'openai', 'llamacpp'],
+        help='labeling backend (default rules, the embedded offline labeler)',
+    )
     parser.add_argument('--base-url', help='OpenAI-compatible endpoint for --labeler openai')
     parser.add_argument('--model', help='LLM model name (openai) or GGUF path (llamacpp)')
-    parser.add_argument('--data', help='a CT-RATE-layout root to use instead of the synthetic cohort')
+    parser.add_argument(
+        '--data', help='a CT-RATE-layout root to use instead of the synthetic cohort'
+    )
     parser.add_argument('--n', type=int, help='synthetic scans (default 200)')
     parser.add_argument('--seed', type=int, help='seed of the cohort and of training (default 0)')
     parser.add_argument('--quick', action='store_true', help='fewest studies and steps (CI)')
-    parser.add_argument('--force', nargs='*', default=(), metavar='STAGE',
-                        help='rerun these stages even if done (synth, preprocess, label, stage1, ...)')
-    parser.add_argument('--ablation', action='store_true',
-                        help="reproduce the seed papers' claims as an ablation table instead")
+    parser.add_argument(
+        '--force',
+        nargs='*',
+        default=(),
+        metavar='STAGE',
+        help='rerun these stages even if done (synth, preprocess, label, stage1, ...)',
+    )
+    parser.add_argument(
+        '--ablation',
+        action='store_true',
+        help="reproduce the seed papers' claims as an ablation table instead",
+    )
     parser.add_argument('--seeds', type=int, help='seeds per ablation arm (default 3)')
 
 
@@ -66,12 +82,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         from ctclip.app.ablation import run_ablation
 
         summary = run_ablation(cfg, seeds=args.seeds or 3)
-        print(f"\nAblation table: {summary['table']}")
+        print(f'\nAblation table: {summary["table"]}')
         return 0
     from ctclip.app.demo import run_demo
 
     headline = run_demo(cfg, force=tuple(args.force))
-    print(f"\nReport: {headline['report_html']}")
+    print(f'\nReport: {headline["report_html"]}')
     for name, value in headline['headline'].items():
         print(f'  {name}: {value}')
     return 0

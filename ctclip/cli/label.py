@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 HELP = 'label reports (rules or any LLM) and evaluate label files'
@@ -75,7 +76,19 @@ def _run_label(args: argparse.Namespace, overrides: list[str]) -> int:
         out = label_reports(cfg)
     except (ValueError, FileNotFoundError, FatalBackendError) as e:
         raise SystemExit(f'ctclip label: {e}') from None
+    meta = json.loads((out / 'labels.meta.json').read_text())
+    counts = meta['counts']
+    print(
+        f'{counts["reports"]} reports ({counts["unique_texts"]} distinct texts, '
+        f'{counts["cache_hits"]} from cache), {counts["failed_reports"]} failed; '
+        f'{meta["tokens"]["prompt"] + meta["tokens"]["completion"]} tokens, '
+        f'${meta["cost_usd"]:.4f}'
+    )
     print(f'wrote {out}/labels.csv, evidence.jsonl, labels.meta.json, failures.csv')
+    if counts['failed_reports']:
+        print(
+            f'{counts["failed_reports"]} report(s) failed: see {out}/failures.csv; rerun to retry them'
+        )
     return 0
 
 

@@ -8,6 +8,8 @@ upper abdomen, bones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ctclip.synth.findings import Finding
@@ -135,135 +137,142 @@ def _where(f: Finding) -> str:
     }.get(f.desc.get('side', ''), 'in the lungs')
 
 
+def _nodule(d: dict, w: str, pick: Callable) -> tuple[str, str]:
+    if d['count'] > 1:
+        text = f'{d["count"]} pulmonary nodules are observed {w}, the largest ({d["kind"]}) measuring {d["size"]} mm.'
+    else:
+        text = pick(
+            [
+                f'A {d["size"]} mm {d["kind"]} nodule is observed {w}.',
+                f'A {d["kind"]} pulmonary nodule measuring {d["size"]} mm is observed {w}.',
+            ]
+        )
+    return text, f'Lung nodule{"s" if d["count"] > 1 else ""} {w}, up to {d["size"]} mm.'
+
+
+# Per finding: (description, where, pick) -> (Findings sentence, impression phrase).
+SENTENCES: dict[str, Callable[[dict, str, Callable], tuple[str, str]]] = {
+    'Medical material': lambda d, w, pick: (
+        {
+            'pacemaker': 'A cardiac pacemaker with its leads extending into the right heart chambers is observed.',
+            'sternotomy wires': 'Metallic sternotomy wires are observed in the sternum.',
+            'port catheter': 'A port catheter is observed in the right anterior chest wall, its tip in the superior vena cava.',
+            'surgical clips': 'Metallic surgical clips are observed in the mediastinum.',
+        }[d['kind']],
+        f'{d["kind"].capitalize()} (medical material).',
+    ),
+    'Cardiomegaly': lambda d, w, pick: (
+        pick(
+            [
+                'Heart size increased.',
+                f'Cardiomegaly is observed ({d["severity"]}).',
+                'The heart is enlarged (cardiomegaly).',
+            ]
+        ),
+        'Cardiomegaly.',
+    ),
+    'Pericardial effusion': lambda d, w, pick: (
+        f'Pericardial effusion reaching {d["size"]} mm in thickness at its widest point is observed.',
+        'Pericardial effusion.',
+    ),
+    'Arterial wall calcification': lambda d, w, pick: (
+        pick(
+            [
+                f'Atherosclerotic calcified plaques are observed in the {" and ".join(d["locations"])}.',
+                f'Calcific atheroma plaques were noted in the wall of the {" and ".join(d["locations"])}.',
+            ]
+        ),
+        'Atherosclerotic calcification of the aorta.',
+    ),
+    'Coronary artery wall calcification': lambda d, w, pick: (
+        f'Calcified plaques are observed in the coronary arteries ({", ".join(ARTERIES[a] for a in d["arteries"])}).',
+        'Coronary artery calcification.',
+    ),
+    'Hiatal hernia': lambda d, w, pick: (
+        pick(
+            [
+                f'A sliding type hiatal hernia measuring {d["size"]} mm is observed at the lower end of the esophagus.',
+                'Hiatal hernia is observed.',
+            ]
+        ),
+        'Hiatal hernia.',
+    ),
+    'Lymphadenopathy': lambda d, w, pick: (
+        f'Enlarged lymph nodes are observed in the {", ".join(d["stations"])} region(s), the largest with a short axis of {d["size"]} mm.',
+        'Mediastinal lymphadenopathy.',
+    ),
+    'Emphysema': lambda d, w, pick: (
+        f'{d["severity"].capitalize()} {d["kind"]} emphysematous changes are observed, predominantly in the upper lobes of both lungs.',
+        'Emphysema.',
+    ),
+    'Lung opacity': lambda d, w, pick: (
+        pick(
+            [
+                f'Ground-glass opacities are observed {w}.',
+                f'Patchy ground glass density increases are observed {w}.',
+            ]
+        ),
+        f'Ground-glass opacity {w}.',
+    ),
+    'Consolidation': lambda d, w, pick: (
+        pick(
+            [
+                f'Consolidation with air bronchograms is observed {w}.',
+                f'Areas of consolidation are observed {w}.',
+            ]
+        ),
+        f'Consolidation {w}.',
+    ),
+    'Atelectasis': lambda d, w, pick: (
+        f'{d["kind"].capitalize()} atelectasis is observed {w}.',
+        f'Atelectasis {w}.',
+    ),
+    'Pulmonary fibrotic sequela': lambda d, w, pick: (
+        pick(
+            [
+                f'Fibrotic sequelae bands are observed {w}.',
+                f'Linear fibrotic sequela changes are observed {w}.',
+            ]
+        ),
+        f'Fibrotic sequelae {w}.',
+    ),
+    'Mosaic attenuation pattern': lambda d, w, pick: (
+        'A mosaic attenuation pattern is observed in both lungs.',
+        'Mosaic attenuation pattern.',
+    ),
+    'Peribronchial thickening': lambda d, w, pick: (
+        pick(
+            [
+                'Peribronchial thickening is observed in both lungs.',
+                'Bronchial wall thickening (peribronchial thickening) is observed bilaterally.',
+            ]
+        ),
+        'Peribronchial thickening.',
+    ),
+    'Bronchiectasis': lambda d, w, pick: (
+        f'{d["kind"].capitalize()} bronchiectasis is observed {w}.',
+        f'Bronchiectasis {w}.',
+    ),
+    'Interlobular septal thickening': lambda d, w, pick: (
+        'Interlobular septal thickening is observed in the peripheral parts of the lower lobes of both lungs.',
+        'Interlobular septal thickening.',
+    ),
+    'Pleural effusion': lambda d, w, pick: (
+        f'{d["severity"].capitalize()} pleural effusion is observed on the {"both sides" if d["side"] == "bilateral" else d["side"] + " side"}, '
+        f'measuring {d["size"]} mm at its deepest point.',
+        f'{"Bilateral" if d["side"] == "bilateral" else d["side"].capitalize()} pleural effusion.',
+    ),
+}
+SENTENCES['Lung nodule'] = _nodule
+
+
 def positive(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
     """(Findings sentence, impression phrase) for a present finding, stated with certainty."""
-    d, w = f.desc, _where(f)
-    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
-    n = f.name
-    if n == 'Lung nodule':
-        if d['count'] > 1:
-            text = f'{d["count"]} pulmonary nodules are observed {w}, the largest ({d["kind"]}) measuring {d["size"]} mm.'
-        else:
-            text = pick(
-                [
-                    f'A {d["size"]} mm {d["kind"]} nodule is observed {w}.',
-                    f'A {d["kind"]} pulmonary nodule measuring {d["size"]} mm is observed {w}.',
-                ]
-            )
-        return text, f'Lung nodule{"s" if d["count"] > 1 else ""} {w}, up to {d["size"]} mm.'
-    table = {
-        'Medical material': lambda: (
-            {
-                'pacemaker': 'A cardiac pacemaker with its leads extending into the right heart chambers is observed.',
-                'sternotomy wires': 'Metallic sternotomy wires are observed in the sternum.',
-                'port catheter': 'A port catheter is observed in the right anterior chest wall, its tip in the superior vena cava.',
-                'surgical clips': 'Metallic surgical clips are observed in the mediastinum.',
-            }[d['kind']],
-            f'{d["kind"].capitalize()} (medical material).',
-        ),
-        'Cardiomegaly': lambda: (
-            pick(
-                [
-                    'Heart size increased.',
-                    f'Cardiomegaly is observed ({d["severity"]}).',
-                    'The heart is enlarged (cardiomegaly).',
-                ]
-            ),
-            'Cardiomegaly.',
-        ),
-        'Pericardial effusion': lambda: (
-            f'Pericardial effusion reaching {d["size"]} mm in thickness at its widest point is observed.',
-            'Pericardial effusion.',
-        ),
-        'Arterial wall calcification': lambda: (
-            pick(
-                [
-                    f'Atherosclerotic calcified plaques are observed in the {" and ".join(d["locations"])}.',
-                    f'Calcific atheroma plaques were noted in the wall of the {" and ".join(d["locations"])}.',
-                ]
-            ),
-            'Atherosclerotic calcification of the aorta.',
-        ),
-        'Coronary artery wall calcification': lambda: (
-            f'Calcified plaques are observed in the coronary arteries ({", ".join(ARTERIES[a] for a in d["arteries"])}).',
-            'Coronary artery calcification.',
-        ),
-        'Hiatal hernia': lambda: (
-            pick(
-                [
-                    f'A sliding type hiatal hernia measuring {d["size"]} mm is observed at the lower end of the esophagus.',
-                    'Hiatal hernia is observed.',
-                ]
-            ),
-            'Hiatal hernia.',
-        ),
-        'Lymphadenopathy': lambda: (
-            f'Enlarged lymph nodes are observed in the {", ".join(d["stations"])} region(s), the largest with a short axis of {d["size"]} mm.',
-            'Mediastinal lymphadenopathy.',
-        ),
-        'Emphysema': lambda: (
-            f'{d["severity"].capitalize()} {d["kind"]} emphysematous changes are observed, predominantly in the upper lobes of both lungs.',
-            'Emphysema.',
-        ),
-        'Lung opacity': lambda: (
-            pick(
-                [
-                    f'Ground-glass opacities are observed {w}.',
-                    f'Patchy ground glass density increases are observed {w}.',
-                ]
-            ),
-            f'Ground-glass opacity {w}.',
-        ),
-        'Consolidation': lambda: (
-            pick(
-                [
-                    f'Consolidation with air bronchograms is observed {w}.',
-                    f'Areas of consolidation are observed {w}.',
-                ]
-            ),
-            f'Consolidation {w}.',
-        ),
-        'Atelectasis': lambda: (
-            f'{d["kind"].capitalize()} atelectasis is observed {w}.',
-            f'Atelectasis {w}.',
-        ),
-        'Pulmonary fibrotic sequela': lambda: (
-            pick(
-                [
-                    f'Fibrotic sequelae bands are observed {w}.',
-                    f'Linear fibrotic sequela changes are observed {w}.',
-                ]
-            ),
-            f'Fibrotic sequelae {w}.',
-        ),
-        'Mosaic attenuation pattern': lambda: (
-            'A mosaic attenuation pattern is observed in both lungs.',
-            'Mosaic attenuation pattern.',
-        ),
-        'Peribronchial thickening': lambda: (
-            pick(
-                [
-                    'Peribronchial thickening is observed in both lungs.',
-                    'Bronchial wall thickening (peribronchial thickening) is observed bilaterally.',
-                ]
-            ),
-            'Peribronchial thickening.',
-        ),
-        'Bronchiectasis': lambda: (
-            f'{d["kind"].capitalize()} bronchiectasis is observed {w}.',
-            f'Bronchiectasis {w}.',
-        ),
-        'Interlobular septal thickening': lambda: (
-            'Interlobular septal thickening is observed in the peripheral parts of the lower lobes of both lungs.',
-            'Interlobular septal thickening.',
-        ),
-        'Pleural effusion': lambda: (
-            f'{d["severity"].capitalize()} pleural effusion is observed on the {"both sides" if d["side"] == "bilateral" else d["side"] + " side"}, '
-            f'measuring {d["size"]} mm at its deepest point.',
-            f'{"Bilateral" if d["side"] == "bilateral" else d["side"].capitalize()} pleural effusion.',
-        ),
-    }
-    return table[n]()
+
+    def pick(options: list[str]) -> str:
+        return options[int(rng.integers(len(options)))]
+
+    return SENTENCES[f.name](f.desc, _where(f), pick)
 
 
 TERMS = {

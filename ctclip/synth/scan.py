@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ctclip.synth import radchestct
 from ctclip.synth.anatomy import Anatomy, sample_anatomy
 from ctclip.synth.findings import Finding, FindingSampler
 from ctclip.synth.geometry import Grid
@@ -96,8 +97,9 @@ def plan_scan(task: ScanTask, present: set[str] | None = None) -> ScanPlan:
     prng = stream(task.seed, PURPOSES['patient'], task.patient_no)
     sex = 'M' if prng.random() < 0.55 else 'F'
     age_factor = float(prng.standard_normal())
-    age = int(np.clip(round(56 + 14 * age_factor + prng.normal(0, 5)), 19, 92)) + 2 * task.scan_no
-    anat = sample_anatomy(prng, sex, age)
+    base_age = int(np.clip(round(56 + 14 * age_factor + prng.normal(0, 5)), 19, 92))
+    age = base_age + 2 * task.scan_no  # a follow-up two years later, same chest
+    anat = sample_anatomy(prng, sex, base_age)
     anat.fatty_liver = bool(prng.random() < 0.12)
     present = _presence(task, age_factor) if present is None else set(present)
     rng = stream(task.seed, PURPOSES['place'], task.patient_no)  # the vessel tree is the patient's
@@ -195,7 +197,7 @@ def _recons(task: ScanTask, anat: Anatomy, scanner: dict) -> list[dict]:
     out = []
     for r in range(task.n_recons):
         if task.layout == 'rad-chestct':
-            xy = z = 3.0 if task.small else 0.8
+            xy = z = radchestct.SMALL_SPACING if task.small else radchestct.FULL_SPACING
             rows = int(round(fov / xy))
         elif task.small:
             rows = int(np.clip(round(fov / rng.uniform(2.2, 2.9)), 128, 160))

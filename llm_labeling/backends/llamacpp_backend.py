@@ -32,7 +32,9 @@ class LlamaCppBackend(LLMBackend):
             )
         super().__init__(path.name, settings['prompt'], settings.get('mode') or 'tools', settings)
         if self.mode_name == 'json_grammar':
-            raise ValueError("mode 'json_grammar' is for llama.cpp's server; in-process use 'tools'")
+            raise ValueError(
+                "mode 'json_grammar' is for llama.cpp's server; in-process use 'tools'"
+            )
         try:
             import llama_cpp
         except ImportError as e:

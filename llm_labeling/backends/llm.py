@@ -8,6 +8,7 @@ Subclasses supply the two kinds of completion call.
 from __future__ import annotations
 
 import functools
+import logging
 from abc import abstractmethod
 
 from pydantic import BaseModel
@@ -22,6 +23,11 @@ from llm_labeling.responses import (
     parse_one_line,
     to_annotation,
 )
+
+# One INFO line per HTTP request, and instructor's ERROR per failed attempt, would drown the
+# progress bar; the runner logs each failure once, with its reason.
+logging.getLogger('httpx').setLevel(logging.WARNING)
+logging.getLogger('instructor').setLevel(logging.CRITICAL)
 
 # instructor modes by name; the default per backend is 'tools' (works with llama.cpp, vLLM, OpenAI).
 # 'json_grammar' is instructor's JSON mode with the schema sent the way llama.cpp's server takes it

@@ -16,10 +16,6 @@ from llm_labeling.backends.base import Usage
 from llm_labeling.backends.llm import LLMBackend, completion_usage, instructor_mode
 
 _logger = logging.getLogger(__name__)
-# One INFO line per HTTP request, and instructor's ERROR per failed attempt, would drown the
-# progress bar; our retry loop logs each failure once, with its reason.
-logging.getLogger('httpx').setLevel(logging.WARNING)
-logging.getLogger('instructor').setLevel(logging.CRITICAL)
 # Local servers ignore the key, but the client insists on one.
 NO_KEY = 'not-needed'
 POOL_SIZE = 8

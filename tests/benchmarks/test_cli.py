@@ -45,9 +45,12 @@ def test_bench_score_cli(tmp_path, capsys):
             '40',
             'bootstrap.seed=3',
             '--no-plots',
+            '--benchmark',
+            'ct-rate',
         ]
     )
     assert code == 0
+    assert '| this run (our protocol, above) |' in (out / 'report.md').read_text()
     data = json.loads((out / 'metrics.json').read_text())
     assert data['classification']['n_items'] == 30  # scans
     assert data['classification']['bootstrap'] == {
@@ -169,3 +172,42 @@ def test_unknown_settings_are_errors(tmp_path, capsys):
     assert "Unknown bench settings ['bench']" in capsys.readouterr().err
     assert main([*base, '--out', str(tmp_path / 'b'), 'bootstrap.draws=10']) == 2
     assert "Unknown keys ['draws'] in 'bootstrap'" in capsys.readouterr().err
+
+
+def test_bench_score_with_rad_mapping(tmp_path):
+    from benchmarks import radchestct
+
+    rng = np.random.default_rng(2)
+    ids = [f'tst{10000 + k}' for k in range(40)]
+    rad_cols = sorted(
+        {c for cls in radchestct.MAPPINGS['ctclip16'].classes for c in cls.rad_columns}
+    )
+    write_table(
+        Table(ids, rad_cols, rng.integers(0, 2, (40, len(rad_cols)))),
+        tmp_path / 'raw.csv',
+        id_column='NoteAcc_DEID',
+    )
+    write_table(
+        Table(ids, list(FINDINGS), rng.random((40, 18))),
+        tmp_path / 'scores.csv',
+        id_column='NoteAcc_DEID',
+    )
+    out = tmp_path / 'out'
+    args = [
+        'bench',
+        'score',
+        '--scores',
+        str(tmp_path / 'scores.csv'),
+        '--labels',
+        str(tmp_path / 'raw.csv'),
+    ]
+    assert (
+        main([*args, '--mapping', 'hlip14', '--out', str(out), '--n-bootstrap', '10', '--no-plots'])
+        == 0
+    )
+    data = json.loads((out / 'metrics.json').read_text())
+    assert (
+        data['mapping']['name'] == 'hlip14'
+        and data['classification']['classes'][-1] == 'Calcification'
+    )
+    assert len(data['classification']['classes']) == 14

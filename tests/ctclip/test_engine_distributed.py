@@ -49,7 +49,8 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
 
     a = load_file(tmp_path / 'one' / 'final' / 'model.safetensors')
     b = load_file(tmp_path / 'two' / 'final' / 'model.safetensors')
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    for key in a:  # BatchNorm running statistics are per rank (rank 0's are exported): parameters only
+        if 'running_' not in key and 'num_batches_tracked' not in key:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
     evals = {d: [r for r in read_metrics(tmp_path / d / 'metrics.jsonl') if 'val/head_auroc' in r] for d in ('one', 'two')}
     assert evals['one'][-1]['val/head_auroc'] == pytest.approx(evals['two'][-1]['val/head_auroc'], abs=1e-6)

@@ -352,12 +352,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.timeout(300)
 def test_two_rank_gathered_losses_equal_one_rank_with_the_same_global_batch(tmp_path):
-    # fork: the spawn start method would re-import torch in each child (seconds on a busy machine)
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method='fork')
+    # spawn, not fork: a forked child can inherit a held OpenMP/tokenizer lock and hang.
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     reference, ref_grads = _loss_and_grads(_global_batch())
     for rank in (0, 1):
         result = np.load(tmp_path / f'rank{rank}.npz')
         for key in ('loss', 'clip', 'multi_positive'):
             assert float(result[key]) == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
         np.testing.assert_allclose(result['grads'], ref_grads.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_term_without_its_model_outputs_says_what_produces_them():
+    with pytest.raises(
+        KeyError,
+        match="'evidence' needs model outputs 'evidence_features'.*'prototypes' .*evidence_cfg.enabled",
+    ):
+        create_loss({'evidence': 1.0})(
+            {'image_tokens': torch.zeros(1, 2, 4)}, {'evidence_mask': torch.ones(1, 1)}
+        )
+    with pytest.raises(KeyError, match="'text_bce' needs model outputs 'text_logits'"):
+        create_loss({'text_bce': 1.0})({}, {})

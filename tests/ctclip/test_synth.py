@@ -375,3 +375,19 @@ def test_written_v2_array_is_the_rendered_lps_volume(cohort):
     body, heart, spine = centre(tissues['body']), centre(tissues['heart']), centre(tissues['spine'])
     lung, liver = centre(tissues['lung_r'] | tissues['lung_l']), centre(tissues['liver'])
     assert heart[0] > body[0] + 5 and spine[1] > body[1] + 20 and lung[2] > liver[2] + 50
+
+
+def test_follow_up_scans_keep_chronic_findings():
+    from ctclip.synth.scan import CHRONIC, plan_scan
+
+    by_patient: dict[int, list] = {}
+    for t in plan_cohort(24, seed=0, small=True):
+        by_patient.setdefault(t.patient_no, []).append(t)
+    pairs = [ts for ts in by_patient.values() if len(ts) == 2]
+    assert pairs
+    for first, follow_up in pairs:
+        a, b = plan_scan(first), plan_scan(follow_up)
+        assert b.age == a.age + 2 and b.sex == a.sex
+        assert set(a.findings) & CHRONIC == set(b.findings) & CHRONIC
+        for name in set(a.findings) & CHRONIC:
+            assert repr(a.findings[name].parts) == repr(b.findings[name].parts), name

@@ -45,7 +45,10 @@ def _run(cmd: list[str], timeout: float = 120, **kwargs) -> subprocess.Completed
 def _cluster_up() -> bool:
     if not shutil.which('scontrol'):
         return False
-    return _run(['scontrol', 'ping'], timeout=10).returncode == 0 and 'UP' in _run(['scontrol', 'ping']).stdout
+    return (
+        _run(['scontrol', 'ping'], timeout=10).returncode == 0
+        and 'UP' in _run(['scontrol', 'ping']).stdout
+    )
 
 
 def _install_reason() -> str | None:
@@ -69,7 +72,9 @@ def _install_reason() -> str | None:
 def slurm_cluster():
     """The running cluster (started here unless it already was), stopped again at the end."""
     if not SLURM_LOCAL.is_file():
-        pytest.skip(f'needs {SLURM_LOCAL} (../shared is only present on development and CI machines)')
+        pytest.skip(
+            f'needs {SLURM_LOCAL} (../shared is only present on development and CI machines)'
+        )
     if _cluster_up():
         yield SLURM_ROOT
         return
@@ -78,7 +83,9 @@ def slurm_cluster():
         pytest.skip(reason)
     started = _run(['bash', str(SLURM_LOCAL), 'start'], timeout=120)
     if started.returncode != 0 or not _cluster_up():
-        pytest.skip(f'the local Slurm cluster did not start: {(started.stdout + started.stderr)[-1500:]}')
+        pytest.skip(
+            f'the local Slurm cluster did not start: {(started.stdout + started.stderr)[-1500:]}'
+        )
     try:
         yield SLURM_ROOT
     finally:
@@ -95,15 +102,30 @@ class Job:
     def logs(self) -> str:
         """Every output file of this job (all array tasks), for assertion messages."""
         pattern = self.log.name.replace('%A', self.id).replace('%j', self.id).replace('%a', '*')
-        texts = [f'--- {p.name}\n{p.read_text(errors="replace")}' for p in sorted(self.log.parent.glob(pattern))]
+        texts = [
+            f'--- {p.name}\n{p.read_text(errors="replace")}'
+            for p in sorted(self.log.parent.glob(pattern))
+        ]
         return '\n'.join(texts) or f'(no output file {self.log})'
 
 
-def submit(script: str, args: list[str], sbatch: list[str], log_dir: Path, env: dict | None = None) -> Job:
+def submit(
+    script: str, args: list[str], sbatch: list[str], log_dir: Path, env: dict | None = None
+) -> Job:
     """Submit slurm/<script> with --export=NONE (as on a real cluster) plus `env`; returns the job."""
-    log = log_dir / ('slurm-%A_%a.out' if any(s.startswith('--array') for s in sbatch) else 'slurm-%j.out')
+    log = log_dir / (
+        'slurm-%A_%a.out' if any(s.startswith('--array') for s in sbatch) else 'slurm-%j.out'
+    )
     export = ','.join(['NONE', *(f'{k}={v}' for k, v in (env or {}).items())])
-    cmd = ['sbatch', '--parsable', f'--export={export}', f'--output={log}', *sbatch, str(SLURM_DIR / script), *args]
+    cmd = [
+        'sbatch',
+        '--parsable',
+        f'--export={export}',
+        f'--output={log}',
+        *sbatch,
+        str(SLURM_DIR / script),
+        *args,
+    ]
     result = _run(cmd, timeout=60, cwd=log_dir)
     assert result.returncode == 0, f'{cmd} failed: {result.stderr}'
     return Job(result.stdout.strip().split(';')[0], log)
@@ -111,7 +133,9 @@ def submit(script: str, args: list[str], sbatch: list[str], log_dir: Path, env: 
 
 def submit_helper(kind: str, args: list[str], log_dir: Path, env: dict | None = None) -> list[str]:
     """slurm/submit.sh KIND ARGS; returns the job ids it prints."""
-    result = _run(['bash', str(SLURM_DIR / 'submit.sh'), kind, *args], timeout=60, cwd=log_dir, env=env)
+    result = _run(
+        ['bash', str(SLURM_DIR / 'submit.sh'), kind, *args], timeout=60, cwd=log_dir, env=env
+    )
     assert result.returncode == 0, f'submit.sh {kind} failed: {result.stderr}'
     return result.stdout.split()
 
@@ -127,7 +151,9 @@ def job_states(job_id: str) -> dict[str, dict[str, str]]:
     return states
 
 
-def wait_for(job_id: str, predicate, timeout: float, what: str, poll: float = 0.5) -> dict[str, dict[str, str]]:
+def wait_for(
+    job_id: str, predicate, timeout: float, what: str, poll: float = 0.5
+) -> dict[str, dict[str, str]]:
     """Poll the job until predicate(states) is true; fail with its states after `timeout` s."""
     deadline = time.monotonic() + timeout
     states: dict[str, dict[str, str]] = {}
@@ -137,7 +163,9 @@ def wait_for(job_id: str, predicate, timeout: float, what: str, poll: float = 0.
             return states
         time.sleep(poll)
     summary = {k: (v.get('JobState'), v.get('Reason')) for k, v in states.items()}
-    pytest.fail(f'job {job_id}: timed out after {timeout:.0f} s waiting for {what}; states {summary}\n{slurm_log_tail()}')
+    pytest.fail(
+        f'job {job_id}: timed out after {timeout:.0f} s waiting for {what}; states {summary}\n{slurm_log_tail()}'
+    )
 
 
 def wait_done(job: Job, timeout: float) -> dict[str, dict[str, str]]:
@@ -151,7 +179,11 @@ def wait_done(job: Job, timeout: float) -> dict[str, dict[str, str]]:
 
 
 def assert_completed(job: Job, states: dict[str, dict[str, str]]) -> None:
-    bad = {k: (v['JobState'], v.get('ExitCode')) for k, v in states.items() if v['JobState'] != 'COMPLETED'}
+    bad = {
+        k: (v['JobState'], v.get('ExitCode'))
+        for k, v in states.items()
+        if v['JobState'] != 'COMPLETED'
+    }
     assert not bad, f'job {job.id} did not complete: {bad}\n{job.logs()}\n{slurm_log_tail()}'
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from llm_labeling.schema import FINDINGS
-from tests.slurm.conftest import Job, assert_completed, job_states, make_eligible_now, submit, wait_done, wait_for
+from tests.slurm.conftest import (
+    Job,
+    assert_completed,
+    job_states,
+    make_eligible_now,
+    submit,
+    wait_done,
+    wait_for,
+)
 
 N_REPORTS = 8
 STUB = Path(__file__).with_name('openai_stub.py')
@@ -27,10 +35,22 @@ STUB = Path(__file__).with_name('openai_stub.py')
 def _write_reports(path: Path) -> None:
     with path.open('w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(['VolumeName', 'ClinicalInformation_EN', 'Technique_EN', 'Findings_EN', 'Impressions_EN'])
+        writer.writerow(
+            [
+                'VolumeName',
+                'ClinicalInformation_EN',
+                'Technique_EN',
+                'Findings_EN',
+                'Impressions_EN',
+            ]
+        )
         for i in range(N_REPORTS):
-            findings = f'Case {i}: a {4 + i} mm nodule in the right upper lobe. No pleural effusion.'
-            writer.writerow([f'valid_{i}_a_1.nii.gz', 'Not given.', 'Not given.', findings, 'Nodule.'])
+            findings = (
+                f'Case {i}: a {4 + i} mm nodule in the right upper lobe. No pleural effusion.'
+            )
+            writer.writerow(
+                [f'valid_{i}_a_1.nii.gz', 'Not given.', 'Not given.', findings, 'Nodule.']
+            )
 
 
 def _requests(log: Path) -> int:
@@ -40,13 +60,30 @@ def _requests(log: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path):
-    reports, out, request_log = tmp_path / 'reports.csv', tmp_path / 'labels', tmp_path / 'requests.log'
+    reports, out, request_log = (
+        tmp_path / 'reports.csv',
+        tmp_path / 'labels',
+        tmp_path / 'requests.log',
+    )
     _write_reports(reports)
-    server = f'{sys.executable} {STUB} --host {{host}} --port {{port}} --latency 0.7 --log {request_log}'
+    server = (
+        f'{sys.executable} {STUB} --host {{host}} --port {{port}} --latency 0.7 --log {request_log}'
+    )
     job = submit(
         'label.sbatch',
-        ['--server-cmd', server, '--', '--reports', str(reports), '--out-dir', str(out), '--model', 'stub',
-         '--concurrency', '1'],
+        [
+            '--server-cmd',
+            server,
+            '--',
+            '--reports',
+            str(reports),
+            '--out-dir',
+            str(out),
+            '--model',
+            'stub',
+            '--concurrency',
+            '1',
+        ],
         ['--time=10', '--cpus-per-task=1'],
         tmp_path,
         env={'CTCLIP_LOG_DIR': tmp_path, 'CTCLIP_RESIGNAL_S': 2},
@@ -57,10 +94,16 @@ def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path)
         assert _running_or_pending(job), job.logs()
         time.sleep(0.2)
     subprocess.run(['scancel', '--batch', '--signal=USR1', job.id], check=True)
-    wait_for(job.id, lambda s: s[job.id]['JobState'] == 'PENDING' and int(s[job.id]['Restarts']) >= 1, 60,
-             'the job to requeue itself')
+    wait_for(
+        job.id,
+        lambda s: s[job.id]['JobState'] == 'PENDING' and int(s[job.id]['Restarts']) >= 1,
+        60,
+        'the job to requeue itself',
+    )
     first_run = _requests(request_log)
-    assert first_run < N_REPORTS, f'the first run labelled everything before the signal ({first_run})'
+    assert first_run < N_REPORTS, (
+        f'the first run labelled everything before the signal ({first_run})'
+    )
     make_eligible_now(job.id)
     states = wait_done(job, timeout=120)
     assert_completed(job, states)
@@ -70,7 +113,9 @@ def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path)
     assert log.count('starting the LLM server') == 2, log
     assert log.count('stopping the LLM server') == 2, log
     total = _requests(request_log)
-    assert total <= N_REPORTS + 1, f'{total} requests for {N_REPORTS} reports: the cache was not used\n{log}'
+    assert total <= N_REPORTS + 1, (
+        f'{total} requests for {N_REPORTS} reports: the cache was not used\n{log}'
+    )
     assert total - first_run < N_REPORTS, log
 
     with (out / 'labels.csv').open() as f:
@@ -83,4 +128,8 @@ def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path)
 
 
 def _running_or_pending(job: Job) -> bool:
-    return job_states(job.id).get(job.id, {}).get('JobState') in ('PENDING', 'RUNNING', 'CONFIGURING')
+    return job_states(job.id).get(job.id, {}).get('JobState') in (
+        'PENDING',
+        'RUNNING',
+        'CONFIGURING',
+    )

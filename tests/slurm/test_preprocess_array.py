@@ -41,9 +41,22 @@ def _pick_broken(cohort: Path) -> tuple[Path, int]:
 
 def _single_process_run(cohort: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
-    cmd = [sys.executable, '-m', 'ctclip.cli', 'preprocess', '--input', str(cohort), '--out', str(out),
-           '--recipe', 'small', '--no-progress']
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        '-m',
+        'ctclip.cli',
+        'preprocess',
+        '--input',
+        str(cohort),
+        '--out',
+        str(out),
+        '--recipe',
+        'small',
+        '--no-progress',
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _assert_same_cache(merged: Path, reference: Path) -> None:
@@ -55,7 +68,14 @@ def _assert_same_cache(merged: Path, reference: Path) -> None:
             a, b = got.read(vid), want.read(vid)
             np.testing.assert_array_equal(a.array, b.array, err_msg=vid)
             assert tuple(a.spacing_zyx) == tuple(b.spacing_zyx), vid
-            for key in ('source_sha256', 'patient_id', 'scan_id', 'split', 'recipe_hash', 'original_shape_zyx'):
+            for key in (
+                'source_sha256',
+                'patient_id',
+                'scan_id',
+                'split',
+                'recipe_hash',
+                'original_shape_zyx',
+            ):
                 assert str(got.attrs(vid).get(key)) == str(want.attrs(vid).get(key)), (vid, key)
 
 
@@ -70,15 +90,23 @@ def test_array_fails_reruns_one_task_and_merges_like_a_single_run(slurm_cluster,
     broken.write_bytes(good_bytes[: len(good_bytes) // 3])  # a truncated gzip
     args = ['--', '--input', str(cohort), '--out', str(out), '--recipe', 'small', '--strict']
     env = {**os.environ, 'CTCLIP_LOG_DIR': str(tmp_path), 'CTCLIP_CPUS_PER_TASK': '1'}
-    array_id, merge_id = submit_helper('preprocess', ['--shards', str(SHARDS), *args], tmp_path, env)
+    array_id, merge_id = submit_helper(
+        'preprocess', ['--shards', str(SHARDS), *args], tmp_path, env
+    )
     array = Job(array_id, tmp_path / 'slurm-ctclip-preprocess-%A_%a.out')
 
     states = wait_done(array, timeout=150)
     failed = [v['ArrayTaskId'] for v in states.values() if v['JobState'] != 'COMPLETED']
-    assert failed == [str(broken_shard)], f'only task {broken_shard} should fail: {failed}\n{array.logs()}'
+    assert failed == [str(broken_shard)], (
+        f'only task {broken_shard} should fail: {failed}\n{array.logs()}'
+    )
     assert broken.name in array.logs(), array.logs()
-    wait_for(merge_id, lambda s: s[merge_id]['Reason'] == 'DependencyNeverSatisfied', 30,
-             'the merge to wait on the failed task')
+    wait_for(
+        merge_id,
+        lambda s: s[merge_id]['Reason'] == 'DependencyNeverSatisfied',
+        30,
+        'the merge to wait on the failed task',
+    )
     assert not out.exists()
 
     broken.write_bytes(good_bytes)
@@ -86,7 +114,10 @@ def test_array_fails_reruns_one_task_and_merges_like_a_single_run(slurm_cluster,
     reference.parent.mkdir()
     single = _single_process_run(cohort, reference)  # runs while the cluster works
     rerun_id, same_merge = submit_helper(
-        'preprocess', ['--shards', str(SHARDS), '--tasks', failed[0], '--merge-job', merge_id, *args], tmp_path, env
+        'preprocess',
+        ['--shards', str(SHARDS), '--tasks', failed[0], '--merge-job', merge_id, *args],
+        tmp_path,
+        env,
     )
     assert same_merge == merge_id
     rerun = Job(rerun_id, tmp_path / 'slurm-ctclip-preprocess-%A_%a.out')
@@ -98,8 +129,12 @@ def test_array_fails_reruns_one_task_and_merges_like_a_single_run(slurm_cluster,
     summaries = list(out_dir.glob(f'cache.shard{shard:04d}-of-{SHARDS:04d}*summary.json'))
     assert summaries, sorted(p.name for p in out_dir.iterdir())
     summary = json.loads(summaries[0].read_text())
-    assert summary['failed'] == 0 and summary['ok'] == 1, summary  # only the repaired volume was new
-    assert summary['skipped'] == summary['total'] - 1 >= 1, summary  # the rest was kept from the first try
+    assert summary['failed'] == 0 and summary['ok'] == 1, (
+        summary
+    )  # only the repaired volume was new
+    assert summary['skipped'] == summary['total'] - 1 >= 1, (
+        summary
+    )  # the rest was kept from the first try
 
     output, _ = single.communicate(timeout=120)
     assert single.returncode == 0, output

@@ -1,0 +1,133 @@
+"""Training step time: our DeepSpeed engine against a bare PyTorch loop, and the loader against memory.
+
+Same model, batch, loss, optimizer settings and precision, measured in the same run with the two
+loops interleaved step by step (so background load hits both alike); the median step is compared.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.perf.common import Row
+
+AREA = 'train'
+MODEL = 'resnet3d-tiny-minilm'
+
+
+def _write_cohort(root: Path, n: int, shape: tuple[int, int, int]) -> dict[str, str]:
+    """A small-recipe cache of n random-anatomy volumes plus labels and reports."""
+    from llm_labeling.schema import FINDINGS
+    from preprocessing.cache import CacheWriter
+    from preprocessing.recipes import RECIPES
+
+    rng = np.random.default_rng(0)
+    recipe = RECIPES['small'].replace(shape_zyx=shape)
+    labels = rng.integers(0, 2, (n, len(FINDINGS)))
+    with CacheWriter(root / 'cache.h5', recipe) as writer:
+        for i in range(n):
+            volume = rng.normal(-700, 300, shape).clip(-1024, 1500).astype(np.int16)
+            writer.write(f'train_{i}_a_1', volume, {'patient_id': f'p{i}', 'split': 'train',
+                                                    'spacing_zyx': list(recipe.spacing_zyx)})
+    with (root / 'labels.csv').open('w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['report_id', *FINDINGS])
+        w.writerows([f'train_{i}_a_1', *labels[i]] for i in range(n))
+    with (root / 'reports.csv').open('w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['VolumeName', 'Findings_EN', 'Impressions_EN'])
+        for i in range(n):
+            text = ' '.join(f'{FINDINGS[k]} is present.' for k in np.flatnonzero(labels[i])) or 'Normal.'
+            w.writerow([f'train_{i}_a_1', text, 'Not given.'])
+    return {'cache': str(root / 'cache.h5'), 'labels': str(root / 'labels.csv'), 'reports': str(root / 'reports.csv')}
+
+
+def _config(paths: dict, out: Path, batch: int, steps: int, workers: int) -> dict:
+    from ctclip.training import with_defaults
+
+    return with_defaults({
+        'model': {'name': MODEL},
+        'data': {**paths, 'val_split': None, 'batch_size': batch, 'num_workers': workers, 'max_length': 64},
+        'loss': {'bce': 1.0, 'clip': 1.0},
+        'optim': {'lr': 1e-4},
+        'deepspeed': {'config': 'zero0', 'precision': 'fp32'},
+        'train': {'output_dir': str(out), 'steps': steps, 'log_every': 10**6, 'ckpt_every': 10**6, 'progress': False},
+    })
+
+
+class _BareLoop:
+    """The same step in plain PyTorch: forward, loss, backward, clip, AdamW."""
+
+    def __init__(self, cfg: dict, trainer) -> None:
+        import torch
+
+        from ctclip.losses import create_loss
+        from ctclip.training import engine as eng
+        from ctclip.training.stages import build_model
+
+        torch.manual_seed(0)
+        self.model = build_model(cfg['model'], None)
+        o = cfg['optim']
+        self.opt = torch.optim.AdamW(eng.param_groups(self.model, o['weight_decay']), lr=o['lr'],
+                                     betas=tuple(o['betas']), eps=o['eps'])
+        self.loss_fn, self.loss_cfg, self.clip = create_loss(cfg['loss']), cfg['loss'], o['grad_clip']
+        self.eng = eng
+
+    def step(self, batch: dict) -> None:
+        import torch
+
+        outputs = self.model(**self.eng.model_inputs(batch, self.loss_cfg, torch.device('cpu')))
+        loss = self.loss_fn(outputs, batch)['loss']
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+
+
+def _interleaved(a, b, steps: int) -> tuple[list[float], list[float]]:
+    ta, tb = [], []
+    for _ in range(steps):
+        for fn, out in ((a, ta), (b, tb)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return ta, tb
+
+
+def run(quick: bool) -> list[Row]:
+    import torch
+
+    from ctclip.training.trainer import Trainer
+
+    batch_size, steps, warmup = (4, 4, 1) if quick else (8, 12, 2)
+    shape = (56, 112, 112)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = _write_cohort(root, 4 * batch_size, shape)
+        cfg = _config(paths, root / 'run', batch_size, 10**4, workers=1)
+        trainer = Trainer(cfg)
+        bare = _BareLoop(cfg, trainer)
+        loader = trainer._loader()
+        fixed = next(loader)
+        engine_step = lambda: trainer._micro_step(fixed, 0, 0)  # noqa: E731
+        bare_step = lambda: bare.step(fixed)  # noqa: E731
+        _interleaved(engine_step, bare_step, warmup)
+        t_engine, t_bare = _interleaved(engine_step, bare_step, steps)
+        loader_step = lambda: trainer._micro_step(next(loader), 0, 0)  # noqa: E731
+        _interleaved(loader_step, engine_step, warmup)
+        t_loader, t_memory = _interleaved(loader_step, engine_step, steps)
+    med = statistics.median
+    threads = torch.get_num_threads()
+    note = f'{MODEL}, batch {batch_size}, crop 48x96x96, fp32, ZeRO-0, CLIP+BCE, {threads} threads, median of {steps} interleaved steps'
+    return [
+        Row(AREA, 'engine step time', med(t_engine), 's', med(t_bare), 'bare PyTorch loop',
+            med(t_bare) / med(t_engine), 'overhead <= 10% (ratio >= 0.91)', 1 / 1.1, note),
+        Row(AREA, 'step time with the HDF5 loader', med(t_loader), 's', med(t_memory), 'batch in memory',
+            med(t_memory) / med(t_loader), 'within 10% (ratio >= 0.91)', 1 / 1.1,
+            '1 DataLoader worker reading crops from the blosc HDF5 cache'),
+    ]

@@ -1,0 +1,214 @@
+"""The demo's one-page summary: labeler quality, training curves, zero-shot AUROC, retrieval.
+
+It only reads what the stages wrote (their metrics.json, metrics.jsonl and PNGs) and links their
+plots by relative path, so DIR/report.html opens anywhere the folder is copied.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ctclip.app.pipeline import write_json_atomic
+
+if TYPE_CHECKING:
+    from ctclip.app.demo import Demo
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _last_validation(metrics_jsonl: Path) -> dict:
+    """The last validation record of a training run (zero-shot or head AUROC)."""
+    last: dict = {}
+    if metrics_jsonl.exists():
+        for line in metrics_jsonl.read_text().splitlines():
+            record = json.loads(line)
+            if any(k.startswith('val/') for k in record):
+                last = record
+    return last
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, dict):
+        if x.get('value') is None:
+            return 'n/a'
+        ci = ''
+        if x.get('ci_low') is not None:
+            ci = f' [{x["ci_low"]:.3f}, {x["ci_high"]:.3f}]'
+        return f'{x["value"]:.3f}{ci}'
+    if isinstance(x, float):
+        return f'{x:.3f}'
+    return 'n/a' if x is None else str(x)
+
+
+def collect(demo: Demo) -> dict:
+    """Gather every number the stages produced into one dict (the demo's metrics.json)."""
+    out = demo.out
+    metrics: dict = {'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    label_eval = _load(demo.paths['labels'] / 'eval' / 'metrics.json')
+    if label_eval:
+        result = next(iter(label_eval['results'].values()))
+        metrics['labeler'] = {
+            'backend': demo.cfg['labeler']['backend'],
+            'n_scored': label_eval['n_scored'],
+            'uncertain_counts_as': label_eval.get('uncertain_counts_as'),
+            'macro': result['macro'],
+            'weighted': result['weighted'],
+            'per_class_f1': {k: v['f1'] for k, v in result['per_class'].items()},
+        }
+    for stage in ('stage1', 'stage2'):
+        metrics[f'train_{stage}'] = _last_validation(demo.paths[stage] / 'metrics.jsonl')
+    for key, name in (('bench_ctrate', 'ct-rate'), ('bench_rad', 'rad-chestct')):
+        bench = _load(demo.paths[key] / 'metrics.json')
+        if bench:
+            per_class = bench['classification']['per_class']
+            metrics[f'bench_{name}'] = {
+                'protocol': bench.get('protocol'),
+                'headline': bench['headline'],
+                'per_class_auroc': {c: v['auroc'] for c, v in per_class.items()},
+                'undefined_classes': bench['classification'].get('undefined_classes', []),
+                'n_items': bench['classification']['n_items'],
+            }
+    for name in ('ctrate', 'radchestct'):
+        summary = _load(out / 'cache' / f'{name}.summary.json')
+        if summary:
+            metrics[f'cache_{name}'] = summary
+    timings = {}
+    for marker in sorted((out / 'stages').glob('*.json')):
+        timings[marker.stem] = json.loads(marker.read_text()).get('seconds')
+    metrics['stage_seconds'] = timings
+    metrics['headline'] = headline(metrics)
+    return metrics
+
+
+def headline(metrics: dict) -> dict[str, str]:
+    out = {}
+    for name in ('ct-rate', 'rad-chestct'):
+        bench = metrics.get(f'bench_{name}')
+        if bench:
+            out[f'zero-shot macro AUROC ({name})'] = _fmt(bench['headline']['mean AUROC'])
+    if 'labeler' in metrics:
+        out['labeler macro F1 vs ground truth'] = _fmt(metrics['labeler']['macro']['f1'])
+    return out
+
+
+def _rel(demo: Demo, path: Path) -> str | None:
+    return str(path.relative_to(demo.out)) if path.exists() else None
+
+
+def render_markdown(demo: Demo, m: dict) -> str:
+    lines = [
+        '# ctclip demo report',
+        '',
+        f'Created {m["created"]}. Output folder: `{demo.out}`.',
+        '',
+    ]
+    lines += ['## Headline', '', '| quantity | value [95% CI] |', '|---|---|']
+    lines += [f'| {k} | {v} |' for k, v in m['headline'].items()]
+    if 'labeler' in m:
+        lab = m['labeler']
+        lines += [
+            '',
+            f'## Labeler ({lab["backend"]}) against the ground truth',
+            '',
+            f'{lab["n_scored"]} reports; uncertain counted as {lab["uncertain_counts_as"]}. '
+            f'Macro P / R / F1: {_fmt(lab["macro"]["precision"])} / '
+            f'{_fmt(lab["macro"]["recall"])} / {_fmt(lab["macro"]["f1"])}.',
+            '',
+        ]
+    figures: list[tuple[str, Path]] = [
+        ('Labeler F1 per class', demo.paths['labels'] / 'eval' / 'f1_per_class.png'),
+        ('Training curves, stage 1', demo.paths['stage1'] / 'training_curves.png'),
+        ('Training curves, stage 2', demo.paths['stage2'] / 'training_curves.png'),
+    ]
+    for key, name in (('bench_ctrate', 'ct-rate'), ('bench_rad', 'rad-chestct')):
+        bench = m.get(f'bench_{name}')
+        if not bench:
+            continue
+        lines += [
+            '',
+            f'## Benchmark: {name} layout ({bench["n_items"]} volumes)',
+            '',
+            '| metric | value [95% CI] |',
+            '|---|---|',
+        ]
+        lines += [f'| {k} | {_fmt(v)} |' for k, v in bench['headline'].items()]
+        lines += ['', '| class | AUROC [95% CI] |', '|---|---|']
+        lines += [f'| {c} | {_fmt(v)} |' for c, v in bench['per_class_auroc'].items()]
+        lines += ['', f'Full report: `{_rel(demo, demo.paths[key] / "report.html")}`']
+        for png, title in (
+            ('roc_curves.png', 'ROC curves'),
+            ('auroc_bars.png', 'AUROC per class'),
+            ('retrieval.png', 'Retrieval'),
+        ):
+            figures.append((f'{title} ({name})', demo.paths[key] / png))
+    lines += ['', '## Stage timings (s)', '', '| stage | seconds |', '|---|---|']
+    lines += [f'| {k} | {v} |' for k, v in m['stage_seconds'].items()]
+    lines += ['', '## Figures', '']
+    for title, path in figures:
+        rel = _rel(demo, path)
+        if rel:
+            lines += [f'### {title}', '', f'![{title}]({rel})', '']
+    return '\n'.join(lines) + '\n'
+
+
+def render_html(markdown: str) -> str:
+    """A dependency-free rendering of our own Markdown subset (headings, tables, images)."""
+    body: list[str] = []
+    in_table = False
+    for line in markdown.splitlines():
+        if line.startswith('|'):
+            cells = [c.strip() for c in line.strip('|').split('|')]
+            if all(set(c) <= {'-'} for c in cells):
+                continue
+            tag = 'th' if not in_table else 'td'
+            if not in_table:
+                body.append('<table>')
+                in_table = True
+            body.append(
+                '<tr>' + ''.join(f'<{tag}>{html.escape(c)}</{tag}>' for c in cells) + '</tr>'
+            )
+            continue
+        if in_table:
+            body.append('</table>')
+            in_table = False
+        if line.startswith('!['):
+            alt, src = line[2:].split('](', 1)
+            body.append(f'<img src="{html.escape(src[:-1])}" alt="{html.escape(alt)}">')
+        elif line.startswith('#'):
+            level = len(line) - len(line.lstrip('#'))
+            body.append(f'<h{level}>{html.escape(line[level:].strip())}</h{level}>')
+        elif line.strip():
+            body.append(f'<p>{html.escape(line).replace("`", "")}</p>')
+    if in_table:
+        body.append('</table>')
+    style = (
+        'body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}'
+        'table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px}'
+        'img{max-width:100%;border:1px solid #eee}'
+    )
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>ctclip demo report</title>'
+        f'<style>{style}</style></head><body>\n' + '\n'.join(body) + '\n</body></html>\n'
+    )
+
+
+def write_demo_report(demo: Demo) -> dict:
+    metrics = collect(demo)
+    write_json_atomic(demo.out / 'metrics.json', metrics)
+    markdown = render_markdown(demo, metrics)
+    for name, text in (('report.md', markdown), ('report.html', render_html(markdown))):
+        tmp = demo.out / f'.{name}.tmp'
+        tmp.write_text(text)
+        tmp.replace(demo.out / name)
+    return {
+        'report_html': str(demo.out / 'report.html'),
+        'report_md': str(demo.out / 'report.md'),
+        'metrics': str(demo.out / 'metrics.json'),
+        'headline': metrics['headline'],
+    }
