@@ -23,8 +23,7 @@ NIFTI_SUFFIXES = ('.nii.gz', '.nii')
 RADCHEST_SPACING_MM = 0.8
 _TAG_POSITION = '0020|0032'
 _TAG_ORIENTATION = '0020|0037'
-_TAG_ROWS = '0028|0010'
-_TAG_COLUMNS = '0028|0011'
+_TAG_PIXEL_SPACING = '0028|0030'
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -204,6 +203,10 @@ def _slice_geometry(files: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[int
         )
         orientations.append(tuple(round(v, 4) for v in _float_list(iop)))
         sizes.add(tuple(reader.GetSize()[:2]))
+        if _TAG_PIXEL_SPACING not in keys:  # GDCM would silently use 1 mm
+            raise PreprocessError(
+                'check', f'{name!r} has missing spacing (no PixelSpacing (0028,0030))'
+            )
     if len(set(orientations)) > 1:
         raise PreprocessError(
             'check',

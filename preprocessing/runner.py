@@ -143,7 +143,13 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> Iterator[dict[
         ) as pool:
             for future in cf.as_completed([pool.submit(_work, job) for job in jobs]):
                 bar.update()
-                yield future.result()
+                try:
+                    yield future.result()
+                except cf.process.BrokenProcessPool as exc:
+                    raise RuntimeError(
+                        'a preprocessing worker died (killed, or out of memory); finished volumes '
+                        'are kept: rerun the same command to resume'
+                    ) from exc
     bar.close()
 
 

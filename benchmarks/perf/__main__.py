@@ -18,6 +18,7 @@ AREAS: dict[str, str] = {
     'label': 'benchmarks.perf.bench_label',
     'train': 'benchmarks.perf.bench_train',
     'scoring': 'benchmarks.perf.bench_scoring',
+    'synth': 'benchmarks.perf.bench_synth',
 }
 RESULTS = Path(__file__).with_name('RESULTS.md')
 GPU_SECTION_MARK = '<!-- gpu -->'

@@ -256,7 +256,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
     y = np.arange(len(rows))[::-1]
     ax.barh(y, [r['mean'] for r in rows], xerr=[r['std'] for r in rows], color='#4c72b0', alpha=0.8)
-    for yi, r in zip(y, rows):
+    for yi, r in zip(y, rows, strict=True):
         ax.scatter(r['values'], [yi] * len(r['values']), color='k', s=10, zorder=3)
     ax.set_yticks(y, [f'{r["group"]}: {r["arm"]}' for r in rows])
     ax.axvline(0.5, color='grey', ls=':', lw=1)

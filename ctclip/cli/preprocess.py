@@ -116,6 +116,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a dead worker: the run is resumable
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
     counts = {k: getattr(summary, k) for k in ('total', 'ok', 'skipped', 'failed', 'seconds')}
     print(f'{summary.out}: {json.dumps(counts)}')
     for failure in summary.failures[:20]:

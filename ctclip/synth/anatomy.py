@@ -49,6 +49,7 @@ class Anatomy:
     aorta_radius: tuple[float, float]  # ascending, descending
     trachea_radius: float
     fatty_liver: bool = False
+    breasts: bool = False
     segments: list = field(default_factory=list)  # (p0, p1, radius, generation, side) lung vessels
 
     @property
@@ -98,6 +99,7 @@ def sample_anatomy(rng: np.random.Generator, sex: str, age: int) -> Anatomy:
             float(rng.uniform(10.5, 12.5) + age_widening / 2),
         ),
         trachea_radius=float(rng.uniform(8, 10)),
+        breasts=sex == 'F',
     )
 
 
@@ -167,6 +169,15 @@ class AnatomyPainter:
         cv.hu[full & body2d] = HU['fat']
         cv.hu[full & muscle2d] = HU['muscle']
         cv.hu[full & cavity2d] = HU['fat']  # mediastinal fat; lungs and organs are painted over it
+        if an.breasts:
+            superficial = full & ~muscle2d  # subcutaneous fat and the air in front of the chest
+            for side in (-1, 1):
+                centre = np.array(
+                    [an.heart_centre[0] + 30, -an.half_depth + 14, side * 0.42 * an.half_width]
+                )
+                semi = np.array([42.0, 30.0, 52.0])
+                cv.blob(centre, semi, HU['fat'], where=superficial, record=cv.masks['body'])
+                cv.blob(centre - [0, 8, 0], semi * 0.5, 25.0, where=superficial)  # glandular tissue
         table_y = an.half_depth + 8.0
         slab = (self.y >= table_y) & (self.y <= table_y + 14) & (np.abs(self.x) < 230)
         shell = slab & ((self.y <= table_y + 2) | (self.y >= table_y + 12))
@@ -200,6 +211,19 @@ class AnatomyPainter:
         cv.hu[st] = HU['cancellous']
         cv.masks['bone'] |= st
         self._ribs(a_c + 6, b_c + 6, shift)
+        self._scapulae(a_c + 6, b_c + 6, shift)
+
+    def _scapulae(self, a: float, b: float, shift: float) -> None:
+        """Two thin bone plates behind the upper ribs."""
+        an, cv = self.anat, self.cv
+        rn = np.sqrt((self.x / a) ** 2 + ((self.y - shift) / b) ** 2)
+        radial = (rn - 1.0) * (0.5 * (a + b))
+        theta = np.arctan2(np.abs(self.x) / a, (self.y - shift) / b)
+        height = (self.z <= an.apex_z + 5) & (self.z >= an.apex_z - 120 + 60 * (theta - 0.45))
+        plate = height & (theta >= 0.45) & (theta <= 1.15) & (radial >= 10.0) & (radial <= 14.0)
+        plate &= cv.masks['body']
+        cv.hu[plate] = HU['cortical'] - 250
+        cv.masks['bone'] |= plate
 
     def _ribs(self, a: float, b: float, shift: float) -> None:
         """Twelve rib pairs, sloping down towards the front, drawn analytically in one pass."""

@@ -40,7 +40,7 @@ def _get(scene: Scene, name: str, omit: frozenset) -> Finding | None:
 
 def render(
     scene: Scene, grid: Grid, rng: np.random.Generator, noise: float, omit: frozenset = frozenset()
-):
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """HU volume (float32, zyx), {finding: mask of the voxels it set}, and the tissue masks."""
     cv = Canvas(grid)
     heart = _get(scene, 'Cardiomegaly', omit)

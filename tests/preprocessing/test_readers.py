@@ -103,3 +103,13 @@ def test_truncated_plain_nifti_is_rejected(tmp_path):
     (tmp_path / 'cut.nii').write_bytes(data[:-1000])
     with pytest.raises(PreprocessError, match='is truncated'):
         read_nifti(tmp_path / 'cut.nii')
+
+
+def test_dicom_without_pixel_spacing_is_rejected(tmp_path):
+    write_dicom_series(tmp_path / 's', phantom_hu(), _z(24))
+    for path in (tmp_path / 's').iterdir():  # retag PixelSpacing (0028,0030) as (0028,0031)
+        data = path.read_bytes()
+        assert data.count(b'\x28\x00\x30\x00') == 1
+        path.write_bytes(data.replace(b'\x28\x00\x30\x00', b'\x28\x00\x31\x00'))
+    with pytest.raises(PreprocessError, match='missing spacing'):
+        read_dicom_series(tmp_path / 's')

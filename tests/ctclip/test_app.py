@@ -1,0 +1,100 @@
+"""The demo's stage runner, its report, and the ablation plan (the quick demo itself is in test_demo)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, render_table, summarise
+from ctclip.app.pipeline import Pipeline, Stage
+from ctclip.app.report import render_html
+from ctclip.config import configs_dir, get_dotted, load_config
+
+
+def _counting_stage(name: str, calls: list[str], settings: dict | None = None) -> Stage:
+    def run(s: dict) -> dict:
+        calls.append(name)
+        return {'ran': name, **s}
+
+    return Stage(name, name, run, settings or {})
+
+
+def test_pipeline_skips_finished_stages_and_reruns_changed_ones(tmp_path):
+    calls: list[str] = []
+    stages = [_counting_stage('a', calls, {'x': 1}), _counting_stage('b', calls, {'y': 2})]
+    first = Pipeline(tmp_path, stages, progress=False).run()
+    assert calls == ['a', 'b']
+    assert first['b'] == {'ran': 'b', 'y': 2}
+
+    again = Pipeline(tmp_path, stages, progress=False).run()
+    assert calls == ['a', 'b'], 'finished stages must be skipped'
+    assert again == first
+
+    changed = [_counting_stage('a', calls, {'x': 1}), _counting_stage('b', calls, {'y': 3})]
+    Pipeline(tmp_path, changed, progress=False).run()
+    assert calls == ['a', 'b', 'b'], 'a stage whose settings changed must run again'
+
+    Pipeline(tmp_path, changed, progress=False).run(force=('a',))
+    assert calls[-1] == 'a'
+
+
+def test_pipeline_failure_leaves_no_marker_and_resumes_there(tmp_path):
+    calls: list[str] = []
+
+    def boom(s: dict) -> dict:
+        raise RuntimeError('interrupted')
+
+    stages = [_counting_stage('a', calls), Stage('b', 'b', boom)]
+    with pytest.raises(RuntimeError, match='interrupted'):
+        Pipeline(tmp_path, stages, progress=False).run()
+    assert (tmp_path / 'stages' / 'a.json').exists()
+    assert not (tmp_path / 'stages' / 'b.json').exists()
+    stages[1] = _counting_stage('b', calls)
+    Pipeline(tmp_path, stages, progress=False).run()
+    assert calls == ['a', 'b']
+    assert json.loads((tmp_path / 'stages' / 'b.json').read_text())['summary']['ran'] == 'b'
+
+
+def test_pipeline_rejects_duplicate_stage_names(tmp_path):
+    with pytest.raises(ValueError, match='unique'):
+        Pipeline(tmp_path, [_counting_stage('a', []), _counting_stage('a', [])])
+
+
+def test_render_html_tables_images_and_escaping():
+    text = '# Title\n\n| a | b |\n|---|---|\n| 1 | <2> |\n\n![ROC](bench/roc.png)\n'
+    out = render_html(text)
+    assert '<h1>Title</h1>' in out
+    assert '<th>a</th><th>b</th>' in out and '<td>1</td><td>&lt;2&gt;</td>' in out
+    assert '<img src="bench/roc.png" alt="ROC">' in out
+
+
+def test_ablation_arms_are_valid_configs():
+    """Every override of every arm names a key that the arm's config really has."""
+    plan = ablation_plan()
+    names = [a.name for a in plan.arms]
+    assert len(set(names)) == len(names)
+    assert {a.group for a in plan.arms} == {'Li et al.', 'LGDEA', 'loss terms'}
+    stage1 = load_config(configs_dir() / 'train' / 'stage1-small.yaml')
+    for extra in plan.stage1.values():
+        for token in extra:
+            assert get_dotted(stage1, token.split('=')[0]) is not None, token
+    for arm in plan.arms:
+        cfg = load_config(configs_dir() / arm.stage2)
+        for token in arm.overrides:
+            key = token.split('=')[0]
+            assert get_dotted(cfg, key) is not None, f'{arm.name}: {key} is not in {arm.stage2}'
+        assert arm.stage1 in (None, *plan.stage1)
+    evidence = load_config(configs_dir() / 'train' / 'stage2-evidence-small.yaml')
+    for term in EVIDENCE_TERMS:
+        assert get_dotted(evidence, f'loss.{term}.weight'), f'{term} must be on in the evidence config'
+
+
+def test_ablation_summary_mean_std_and_table():
+    plan = ablation_plan()
+    per_seed = [{a.name: 0.7 + 0.1 * s for a in plan.arms} for s in range(3)]
+    rows = summarise(plan, per_seed)
+    assert rows[0]['mean'] == pytest.approx(0.8)
+    assert rows[0]['std'] == pytest.approx(0.1)
+    table = render_table(rows, 3)
+    assert '0.800 ± 0.100' in table and table.count('\n') == len(plan.arms) + 1
