@@ -99,6 +99,10 @@ LEXICON: dict[str, FindingPatterns] = {
             rf'\b(?:{_CALC})\b(?=[^.;]*\b(?:{_ARTERY})\b)',
             rf'\b(?:{_ARTERY})\b[^.;]*?\b(?P<t>{_CALC})\b',
         ),
+        excludes=(
+            rf'\b(?P<x>{_CALC})\b(?: \w+){{0,2}} (?:in|of|on) (?:the )?(?:walls? of (?:the )?)?coronar\w*'
+            rf'(?![^.;]*\b(?:{_ARTERY})\b)',
+        ),
     ),
     'Cardiomegaly': FindingPatterns(
         triggers=(
@@ -108,6 +112,9 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\benlarged (?:heart|cardiac)\b|\bcardiac enlargement\b',
             rf'\b(?:{_CTR})\b(?: [\w-]+){{0,5}}? increas\w*',
             rf'\bincreas\w*(?: [\w-]+){{0,3}}? (?:{_CTR})\b',
+            r'\b(?:increased|enlarged) (?:heart|cardiac) (?:size|sizes|dimensions?|volume|silhouette|shadow)\b',
+            rf'\b(?:{_CTR})\b(?: (?:is|was|of|measured|measuring))? ?(?:above|over|greater than|more than|exceed\w*|>)'
+            r' ?(?:0?[.,]5\d*|50 ?%|%50|50)',
         ),
     ),
     'Pericardial effusion': FindingPatterns(
@@ -226,6 +233,10 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bperibronch(?:ial|ovascular)\b(?: [\w-]+){0,4}? (?:thick\w*|increase in thickness|cuff\w*)',
             r'\bthick\w*\b(?: [\w-]+){0,4}? peribronch(?:ial|ovascular)\b',
             r'\bbronchial wall thicken\w*(?= \(peribronchial)',
+            r'\bperi-bronch(?:ial|ovascular)\b(?: [\w-]+){0,4}? (?:thick\w*|cuff\w*)',
+            r'\b(?:thick\w*|calibration increase\w*)\b[^.;]{0,60}?\bperibronch\w* (?:sheath|interstiti\w*)',
+            r'\bperibronch(?:ial|ovascular) (?:\w+ )?(?:density increase\w*|increase\w* in density)',
+            r'\bincrease\w* in (?:the )?peribronch(?:ial|ovascular) (?:\w+ )?density',
         ),
         excludes=(r'\bnormal (?P<x>thickness)\b',),
     ),
@@ -236,6 +247,7 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bsepta\w*\b[^.;]{0,30}?\bthick\w*',
             r'\bthick\w*[^.;]{0,30}?\b(?:inter|intra)\w*[- ]?septa\w*',
             r'\binterlobular sept\w*',
+            r'\bthickened (?:\w+ )?septa\b',
             r'\binterstiti\w* (?:thick\w*|elements?)',
             r'\bthick\w*[^.;]{0,40}?\binterstiti\w*',
         ),
@@ -263,6 +275,7 @@ NEGATION_POST: tuple[str, ...] = (
     r'\bnot\s+(?:observed|detected|seen|identified|noted|found|present|visualized|monitored)\b',
     r'\b(?:is|are|was|were)\s+(?:within\s+|of\s+)?normal(?:\s+limits)?\b',
     r'\bnone\b',
+    r'\b(?:or|is|are|was|were) absent\b',
 )
 # Cues that negate every trigger before them in the clause, across relative clauses such as
 # "the effusion, which was observed in the previous examination, was not detected".

@@ -122,6 +122,8 @@ class Demo:
                     '--layout',
                     'ct-rate',
                     '--small',
+                    '--workers',
+                    str(self.cfg['workers']),
                 ],
                 'synth',
             )
@@ -139,6 +141,8 @@ class Demo:
                     '--layout',
                     'rad-chestct',
                     '--small',
+                    '--workers',
+                    str(self.cfg['workers']),
                 ],
                 'synth',
             )
