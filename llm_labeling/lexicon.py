@@ -46,6 +46,9 @@ _LUNG_PLACE = (
 )
 _HEART = r'(?:heart|cardiac)(?: (?:size|sizes|dimensions?|contours?|volume|silhouette|shadow))?'
 _CTR = r'cardio-?thoracic (?:index|ratio)|ctr|cti'
+# Up to four words between 'peribronchial' and 'thickening', but not across a list ('septal
+# thickening and peribronchovascular nodules' names two other things).
+_GAP = r'(?: (?!and\b|or\b|with\b|nodul|lymph)[\w-]+){0,4}?'
 _CORONARY_BRANCH = r'LAD|RCA|LCX|CX|circumflex|left anterior descending|left main coronary'
 
 LEXICON: dict[str, FindingPatterns] = {
@@ -92,6 +95,12 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bdevice\w*',
             r'\bfilter\b',
             r'\bcardiac valves?\b(?=.*\b(?:prosthe|replace|operat))',
+            r'\b(?:chemo-?port|picc)\b',
+            r'\b(?:osteosynthesis|fixation) (?:material|plates?)\w*',
+            r'\bendoprosthe\w*',
+            r'\b(?:pacing|pacemaker|pace|defibrillator) leads?\b',
+            r'\bannuloplasty\w*|\bvalve ring\b',
+            r'\b(?:silicone|mammary) (?:implants?|prosthe\w+)',
         ),
     ),
     'Arterial wall calcification': FindingPatterns(
@@ -225,16 +234,20 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\b(?:abdom\w*|perirenal|perinephric|subcapsular|spleen|splenic|liver|hepatic|pelvi\w*|'
             r'ascites|joint|bursa\w*|perihepatic|perisplenic|intraabdominal)\b[^.;]*?(?P<x>effusion|fluid)',
             r'(?P<x>effusion)\w* (?:in|of) (?:the )?(?:abdom|perirenal|perinephric|subcapsular|pelvi|spleen|liver)',
+            r'(?<!pleural )(?P<x>effusion|fluid)\w*\b(?![^.;]*(?:pleura|hemithora))[^.;,]*?\b(?:perirenal|perinephric|perihepatic'
+            r'|perisplenic|pelvi\w*|intra-?abdominal|abdom\w*|subcapsular)\b',
         ),
     ),
     'Mosaic attenuation pattern': FindingPatterns(triggers=(r'\bmosaic\w*',)),
     'Peribronchial thickening': FindingPatterns(
         triggers=(
-            r'\bperibronch(?:ial|ovascular)\b(?: [\w-]+){0,4}? (?:thick\w*|increase in thickness|cuff\w*)',
-            r'\bthick\w*\b(?: [\w-]+){0,4}? peribronch(?:ial|ovascular)\b',
+            rf'\bperibronch(?:ial|ovascular)\b{_GAP} (?:thick\w*|increase in thickness|cuff\w*)',
+            rf'\bthick\w*\b{_GAP} peribronch(?:ial|ovascular)\b(?! (?:lymph|nodes?|nodul))',
             r'\bbronchial wall thicken\w*(?= \(peribronchial)',
+            r'\bperibronch(?:ial|ovascular)(?: wall| interstitial)? (?:and|or) (?:interlobular |intralobular )?'
+            r'(?:septal|interstitial|interlobular)\b[^.;,]{0,20}?thick\w*',
             r'\bperi-bronch(?:ial|ovascular)\b(?: [\w-]+){0,4}? (?:thick\w*|cuff\w*)',
-            r'\b(?:thick\w*|calibration increase\w*)\b[^.;]{0,60}?\bperibronch\w* (?:sheath|interstiti\w*)',
+            r'\b(?:thick\w*|calibration increase\w*)\b[^.;,]{0,60}?\bperibronch\w* (?:sheath|interstiti\w*)',
             r'\bperibronch(?:ial|ovascular) (?:\w+ )?(?:density increase\w*|increase\w* in density)',
             r'\bincrease\w* in (?:the )?peribronch(?:ial|ovascular) (?:\w+ )?density',
         ),
@@ -276,6 +289,7 @@ NEGATION_POST: tuple[str, ...] = (
     r'\b(?:is|are|was|were)\s+(?:within\s+|of\s+)?normal(?:\s+limits)?\b',
     r'\bnone\b',
     r'\b(?:or|is|are|was|were) absent\b',
+    r'\s-\s+no (?:thickening|effusion) (?:was|were|is|are) (?:detected|observed|seen)\b',
 )
 # Cues that negate every trigger before them in the clause, across relative clauses such as
 # "the effusion, which was observed in the previous examination, was not detected".

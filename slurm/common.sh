@@ -74,7 +74,7 @@ _ctclip_modules() {
 _ctclip_venv() {
   if [ -n "$CTCLIP_CONTAINER" ]; then
     [ -f "$CTCLIP_CONTAINER" ] || ctclip_die "CTCLIP_CONTAINER=$CTCLIP_CONTAINER does not exist"
-    CTCLIP_PYTHON=python
+    CTCLIP_PYTHON=python # the container's
     local binds=$CTCLIP_ROOT${CTCLIP_CONTAINER_BINDS:+,$CTCLIP_CONTAINER_BINDS}
     CTCLIP_EXEC=("$CTCLIP_CONTAINER_RUNTIME" exec --bind "$binds")
     if [ "$CTCLIP_GPUS_PER_NODE" -gt 0 ]; then CTCLIP_EXEC+=(--nv); fi
@@ -85,7 +85,11 @@ _ctclip_venv() {
   [ -x "$CTCLIP_VENV/bin/python" ] ||
     ctclip_die "no Python at $CTCLIP_VENV/bin/python: set CTCLIP_VENV in the site config (slurm/site.example.sh) or run 'make install' in $CTCLIP_ROOT"
   export VIRTUAL_ENV=$CTCLIP_VENV
-  export PATH=$CTCLIP_VENV/bin:${PATH:-/usr/local/bin:/usr/bin:/bin}
+  # The scripts call the venv's python by its full path, so its bin/ can go LAST on PATH: tools
+  # such as ninja (DeepSpeed JIT-builds its CPU ops with it) then resolve as they do outside the
+  # job. The pip ninja and a system ninja keep incompatible build logs, and each would rebuild
+  # (minutes) what the other built.
+  export PATH=${PATH:-/usr/local/bin:/usr/bin:/bin}:$CTCLIP_VENV/bin
   CTCLIP_PYTHON=$CTCLIP_VENV/bin/python
 }
 
@@ -105,6 +109,7 @@ ctclip_setup() {
   ctclip_load_site
   _ctclip_modules
   _ctclip_venv
+  export CTCLIP_PYTHON # launch_node.sh runs in srun steps
   if [ -n "$CTCLIP_ENV_SETUP" ]; then eval "$CTCLIP_ENV_SETUP"; fi
   # Jobs never download: models and tokenizers come from the local HF cache or a model folder.
   export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}

@@ -15,10 +15,11 @@ set -euo pipefail
 launcher=$1 nproc=$2 master_addr=$3 port=$4 module=$5
 shift 5
 [ "${1:-}" = -- ] && shift
+python=${CTCLIP_PYTHON:-python}
 
 case $launcher in
 torchrun)
-  cmd=(python -m torch.distributed.run
+  cmd=("$python" -m torch.distributed.run
     --nnodes="$SLURM_NNODES" --nproc-per-node="$nproc"
     --rdzv-backend=c10d --rdzv-endpoint="$master_addr:$port" --rdzv-id="$SLURM_JOB_ID"
     --max-restarts=0 -m "$module" "$@")
@@ -26,7 +27,7 @@ torchrun)
 deepspeed)
   # DeepSpeed's multi-node runner needs pdsh/ssh; its per-node launcher needs neither: it takes the
   # world layout (host -> local slots, in Slurm's node order) and this node's rank.
-  world_info=$(python - "$nproc" <<'EOF'
+  world_info=$("$python" - "$nproc" <<'EOF'
 import base64, json, subprocess, os, sys
 hosts = subprocess.run(['scontrol', 'show', 'hostnames', os.environ['SLURM_JOB_NODELIST']],
                        check=True, capture_output=True, text=True).stdout.split()
@@ -34,7 +35,7 @@ info = {host: list(range(int(sys.argv[1]))) for host in hosts}
 print(base64.urlsafe_b64encode(json.dumps(info).encode()).decode())
 EOF
 )
-  cmd=(python -u -m deepspeed.launcher.launch --world_info="$world_info" --node_rank="$SLURM_NODEID"
+  cmd=("$python" -u -m deepspeed.launcher.launch --world_info="$world_info" --node_rank="$SLURM_NODEID"
     --master_addr="$master_addr" --master_port="$port" --module --no_local_rank "$module" "$@")
   ;;
 *)

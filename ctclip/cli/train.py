@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--output-dir', help='run folder (train.output_dir)')
     parser.add_argument('--init-from', help='exported model folder to start from (train.init_from)')
     parser.add_argument('--steps', type=int, help='optimizer steps (train.steps)')
-    parser.add_argument('--seed', type=int, help='seed of the data order, crops and init (train.seed)')
+    parser.add_argument(
+        '--seed', type=int, help='seed of the data order, crops and init (train.seed)'
+    )
     parser.add_argument('--no-resume', action='store_true', help='ignore checkpoints/latest')
 
 
@@ -48,7 +50,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         final = train(cfg)
     except Interrupted as stop:
-        print(f'Checkpointed at step {stop.step} ({stop.reason}): {stop.checkpoint}. Rerun to resume.')
+        print(
+            f'Checkpointed at step {stop.step} ({stop.reason}): {stop.checkpoint}. Rerun to resume.'
+        )
         return 0
     print(f'Model exported to {final}')
     return 0

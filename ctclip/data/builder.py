@@ -102,7 +102,9 @@ def split_masks(index: CacheIndex, cfg: Mapping, seed: int) -> tuple[np.ndarray,
 
 def resolve_crop_window(cfg: Mapping, recipe: Mapping) -> tuple[tuple[int, int, int], Window]:
     """Config values win over the cache recipe; the recipe is the default."""
-    crop = parse_size(cfg['crop_zyx'], 'data.crop_zyx') if cfg.get('crop_zyx') else recipe_crop(recipe)
+    crop = (
+        parse_size(cfg['crop_zyx'], 'data.crop_zyx') if cfg.get('crop_zyx') else recipe_crop(recipe)
+    )
     window = Window.parse(cfg['window']) if cfg.get('window') else recipe_window(recipe)
     if crop is None:
         raise ValueError('data.crop_zyx must be set: the cache recipe names no training crop')
@@ -127,30 +129,53 @@ def build_datasets(
     crop, window = resolve_crop_window(cfg, index.recipe)
     labels = load_labels(cfg['labels'])
     reports = load_reports(cfg['reports']) if cfg.get('reports') else None
-    evidence = load_evidence(cfg['evidence'], cfg['evidence_statuses']) if cfg.get('evidence') else None
+    evidence = (
+        load_evidence(cfg['evidence'], cfg['evidence_statuses']) if cfg.get('evidence') else None
+    )
     train_mask, val_mask = split_masks(index, cfg, seed)
 
     def make(mask: np.ndarray, train: bool) -> CTVolumeDataset:
         rows = np.flatnonzero(mask)
         ids = [index.ids[r] for r in rows]
         table = build_text_table(
-            ids, labels, reports, evidence, tokenize,
-            cfg['max_length'], cfg['max_evidence'] if evidence else 0, cfg['evidence_length'],
+            ids,
+            labels,
+            reports,
+            evidence,
+            tokenize,
+            cfg['max_length'],
+            cfg['max_evidence'] if evidence else 0,
+            cfg['evidence_length'],
         )
         patients = [index.patients[r] for r in rows]
         paired = paired_plan(patients, float(cfg['paired_fraction']), seed) if train else None
         pseudo = None
         if train and pseudo_labels is not None:
-            pseudo = np.stack([pseudo_labels.get(v, np.full(table.labels.shape[1], -1.0)) for v in ids]).astype(np.float32)
+            pseudo = np.stack(
+                [pseudo_labels.get(v, np.full(table.labels.shape[1], -1.0)) for v in ids]
+            ).astype(np.float32)
         return CTVolumeDataset(
-            cfg['cache'], ids, [index.shapes[r] for r in rows], table, crop, window,
-            paired=paired, train=train, pseudo_labels=pseudo, unpaired_text=cfg['unpaired_text'],
-            augment=build_augment(cfg.get('augment')) if train else None, seed=seed,
+            cfg['cache'],
+            ids,
+            [index.shapes[r] for r in rows],
+            table,
+            crop,
+            window,
+            paired=paired,
+            train=train,
+            pseudo_labels=pseudo,
+            unpaired_text=cfg['unpaired_text'],
+            augment=build_augment(cfg.get('augment')) if train else None,
+            seed=seed,
         )
 
     train_ds = make(train_mask, True)
-    train_ds.recipe = {**index.recipe, 'window_hu': [window.hu_min, window.hu_max],
-                       'window_out': [window.out_min, window.out_max], 'train_crop_zyx': list(crop)}
+    train_ds.recipe = {
+        **index.recipe,
+        'window_hu': [window.hu_min, window.hu_max],
+        'window_out': [window.out_min, window.out_max],
+        'train_crop_zyx': list(crop),
+    }
     if cfg.get('max_val_volumes'):
         keep = np.flatnonzero(val_mask)[: int(cfg['max_val_volumes'])]
         val_mask = np.zeros_like(val_mask)
@@ -158,6 +183,10 @@ def build_datasets(
     val_ds = make(val_mask, False) if val_mask.any() else None
     _logger.info(
         'Data: %d train volumes (%d paired), %d validation volumes, crop %s, %s',
-        len(train_ds), int(train_ds.paired.sum()), len(val_ds) if val_ds else 0, crop, window,
+        len(train_ds),
+        int(train_ds.paired.sum()),
+        len(val_ds) if val_ds else 0,
+        crop,
+        window,
     )
     return train_ds, val_ds

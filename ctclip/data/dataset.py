@@ -90,9 +90,13 @@ class CTVolumeDataset(torch.utils.data.Dataset):
         """The windowed [1, D, H, W] crop of one volume."""
         volume_id = self.volume_ids[index]
         try:
-            array = read_window_crop(self.cache, volume_id, self.shapes[index], self.crop, self.window, rng)
+            array = read_window_crop(
+                self.cache, volume_id, self.shapes[index], self.crop, self.window, rng
+            )
         except (KeyError, OSError) as error:
-            raise RuntimeError(f'Cannot read volume {volume_id!r} from {self.cache_path}: {error}') from error
+            raise RuntimeError(
+                f'Cannot read volume {volume_id!r} from {self.cache_path}: {error}'
+            ) from error
         tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
         if self.augment is not None and rng is not None:
             torch.manual_seed(int(rng.integers(2**31)))
@@ -141,9 +145,13 @@ class CTVolumeDataset(torch.utils.data.Dataset):
                 'input_ids': torch.zeros(t.input_ids.shape[1], dtype=torch.long),
                 'attention_mask': torch.zeros(t.attention_mask.shape[1], dtype=torch.long),
                 'evidence_input_ids': torch.zeros(t.evidence_input_ids.shape[1:], dtype=torch.long),
-                'evidence_attention_mask': torch.zeros(t.evidence_attention_mask.shape[1:], dtype=torch.long),
+                'evidence_attention_mask': torch.zeros(
+                    t.evidence_attention_mask.shape[1:], dtype=torch.long
+                ),
                 'evidence_mask': torch.zeros(t.evidence_mask.shape[1], dtype=torch.bool),
-                'evidence_finding': torch.full((t.evidence_finding.shape[1],), -1, dtype=torch.long),
+                'evidence_finding': torch.full(
+                    (t.evidence_finding.shape[1],), -1, dtype=torch.long
+                ),
             }
         return {
             'text_labels': torch.from_numpy(t.labels[j].astype(np.float32)),

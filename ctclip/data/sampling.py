@@ -29,10 +29,12 @@ def select_split(
     """Mask of volumes whose split is in `values`; refuses a patient that spans two splits."""
     wanted = {values} if isinstance(values, str) else set(values)
     mask = np.array([s in wanted for s in splits], dtype=bool)
-    inside = {p for p, m in zip(patients, mask) if m}
-    leaked = sorted(p for p, m in zip(patients, mask) if not m and p in inside)
+    inside = {p for p, m in zip(patients, mask, strict=False) if m}
+    leaked = sorted(p for p, m in zip(patients, mask, strict=False) if not m and p in inside)
     if leaked:
-        raise ValueError(f'Patients {leaked[:5]} have volumes both inside and outside split {sorted(wanted)}')
+        raise ValueError(
+            f'Patients {leaked[:5]} have volumes both inside and outside split {sorted(wanted)}'
+        )
     return mask
 
 
@@ -79,7 +81,12 @@ class StepSampler:
         start_step: int = 0,
     ):
         self.n, self.micro, self.world, self.rank = n, micro_batch, world_size, rank
-        self.accum, self.seed, self.total_steps, self.start_step = grad_accum, seed, total_steps, start_step
+        self.accum, self.seed, self.total_steps, self.start_step = (
+            grad_accum,
+            seed,
+            total_steps,
+            start_step,
+        )
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f'The training set ({n} volumes) must hold at least one global batch of '

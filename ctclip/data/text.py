@@ -35,7 +35,9 @@ def volume_key(name: str) -> str:
 
 def report_text(findings: str | None, impressions: str | None) -> str:
     """Findings + Impressions, the text CT-RATE labels come from; "Not given." counts as empty."""
-    parts = [p.strip() for p in (findings, impressions) if p and p.strip().lower() not in _EMPTY_SECTIONS]
+    parts = [
+        p.strip() for p in (findings, impressions) if p and p.strip().lower() not in _EMPTY_SECTIONS
+    ]
     return ' '.join(parts)
 
 
@@ -68,18 +70,25 @@ def load_labels(path: str | Path) -> dict[str, np.ndarray]:
                 continue
             value = float(cell)
             if value not in (-1.0, 0.0, 1.0):
-                raise ValueError(f'{path}: label {name!r} of {row[id_column]!r} must be 1, 0 or -1, not {cell!r}')
+                raise ValueError(
+                    f'{path}: label {name!r} of {row[id_column]!r} must be 1, 0 or -1, not {cell!r}'
+                )
             values[k] = value
         out[volume_key(row[id_column])] = values
     if failed:
-        _logger.warning('%s: %d empty label cells (failed labeling) are treated as unknown', path, failed)
+        _logger.warning(
+            '%s: %d empty label cells (failed labeling) are treated as unknown', path, failed
+        )
     return out
 
 
 def load_reports(path: str | Path) -> dict[str, str]:
     """CT-RATE reports CSV -> {volume key: Findings + Impressions}."""
     rows = _read_csv(path, ('VolumeName', 'Findings_EN', 'Impressions_EN'))
-    return {volume_key(r['VolumeName']): report_text(r['Findings_EN'], r['Impressions_EN']) for r in rows}
+    return {
+        volume_key(r['VolumeName']): report_text(r['Findings_EN'], r['Impressions_EN'])
+        for r in rows
+    }
 
 
 def load_evidence(
@@ -102,7 +111,9 @@ def load_evidence(
                 record = json.loads(line)
                 key = volume_key(record['report_id'])
             except (json.JSONDecodeError, KeyError) as error:
-                raise ValueError(f'{path}:{line_no} must be a JSON object with report_id ({error})') from error
+                raise ValueError(
+                    f'{path}:{line_no} must be a JSON object with report_id ({error})'
+                ) from error
             items = []
             for item in record.get('findings', []):
                 quote = (item.get('quote') or '').strip()
@@ -142,7 +153,11 @@ def build_text_table(
     """Look every volume up in the label/report/evidence tables and tokenise each unique text once."""
     n = len(volume_ids)
     keys = [volume_key(v) for v in volume_ids]
-    lab = np.stack([labels.get(k, np.full(len(FINDINGS), -1.0, np.float32)) for k in keys]) if n else np.zeros((0, len(FINDINGS)), np.float32)
+    lab = (
+        np.stack([labels.get(k, np.full(len(FINDINGS), -1.0, np.float32)) for k in keys])
+        if n
+        else np.zeros((0, len(FINDINGS)), np.float32)
+    )
     missing = sum(k not in labels for k in keys)
     if missing:
         _logger.warning('%d of %d volumes have no labels row; their labels are masked', missing, n)
@@ -158,15 +173,21 @@ def build_text_table(
     ev_mask = np.zeros((n, max_evidence), bool)
     ev_find = np.full((n, max_evidence), -1, np.int64)
     if evidence and tokenize is not None and max_evidence > 0:
-        slots = [(r, m, f, q) for r, k in enumerate(keys) for m, (f, q) in enumerate(evidence.get(k, [])[:max_evidence])]
+        slots = [
+            (r, m, f, q)
+            for r, k in enumerate(keys)
+            for m, (f, q) in enumerate(evidence.get(k, [])[:max_evidence])
+        ]
         if slots:
             t_ids, t_mask = _tokenize_unique([s[3] for s in slots], tokenize, evidence_length)
-            for (r, m, f, _), a, b in zip(slots, t_ids, t_mask):
+            for (r, m, f, _), a, b in zip(slots, t_ids, t_mask, strict=False):
                 ev_ids[r, m], ev_att[r, m], ev_mask[r, m], ev_find[r, m] = a, b, True, f
     return TextTable(lab, has_report, ids, mask, ev_ids, ev_att, ev_mask, ev_find)
 
 
-def _tokenize_unique(texts: list[str], tokenize: Tokenize, length: int) -> tuple[np.ndarray, np.ndarray]:
+def _tokenize_unique(
+    texts: list[str], tokenize: Tokenize, length: int
+) -> tuple[np.ndarray, np.ndarray]:
     unique = sorted(set(texts))
     where = {t: k for k, t in enumerate(unique)}
     ids, mask = tokenize(unique, length)

@@ -45,8 +45,14 @@ class Window:
         if isinstance(spec, Mapping):
             lo = _first(spec, ('hu_min', 'min', 'low', 'clip_min', 'a_min'))
             hi = _first(spec, ('hu_max', 'max', 'high', 'clip_max', 'a_max'))
-            out = spec.get('out_range') or spec.get('range') or (
-                _first(spec, ('out_min', 'b_min'), -1.0), _first(spec, ('out_max', 'b_max'), 1.0))
+            out = (
+                spec.get('out_range')
+                or spec.get('range')
+                or (
+                    _first(spec, ('out_min', 'b_min'), -1.0),
+                    _first(spec, ('out_max', 'b_max'), 1.0),
+                )
+            )
             if lo is None or hi is None:
                 raise ValueError(f'Window must give hu_min and hu_max, not {dict(spec)!r}')
             return cls(lo, hi, *out)
@@ -106,7 +112,7 @@ def crop_start(
 ) -> tuple[int, ...]:
     """A random (rng given) or centre crop start per axis; 0 where the volume is smaller."""
     starts = []
-    for dim, want in zip(shape, size):
+    for dim, want in zip(shape, size, strict=False):
         room = max(int(dim) - int(want), 0)
         starts.append(int(rng.integers(0, room + 1)) if rng is not None else room // 2)
     return tuple(starts)
@@ -114,10 +120,10 @@ def crop_start(
 
 def pad_to(array: np.ndarray, size: Sequence[int], value: float) -> np.ndarray:
     """Centre-pad an array up to `size` (axes already at least that size are left alone)."""
-    if all(a >= s for a, s in zip(array.shape, size)):
+    if all(a >= s for a, s in zip(array.shape, size, strict=False)):
         return array
     pads = []
-    for dim, want in zip(array.shape, size):
+    for dim, want in zip(array.shape, size, strict=False):
         extra = max(int(want) - dim, 0)
         pads.append((extra // 2, extra - extra // 2))
     return np.pad(array, pads, mode='constant', constant_values=value)
@@ -133,7 +139,7 @@ def read_window_crop(
 ) -> np.ndarray:
     """Read only the crop from the cache, pad small volumes with air, window to float32."""
     start = crop_start(shape, size, rng)
-    read_size = tuple(min(int(d), int(s)) for d, s in zip(shape, size))
+    read_size = tuple(min(int(d), int(s)) for d, s in zip(shape, size, strict=False))
     hu = np.asarray(cache.read_crop(volume_id, start, read_size))
     hu = pad_to(hu, size, window.pad_value_hu)
     return window(hu)

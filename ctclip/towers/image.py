@@ -108,7 +108,9 @@ class ViT3dTower(ImageTower):
         from monai.networks.nets import ViT
 
         if len(img_size) != 3 or len(patch_size) != 3:
-            raise ValueError(f'img_size and patch_size must be (D, H, W), not {img_size} and {patch_size}')
+            raise ValueError(
+                f'img_size and patch_size must be (D, H, W), not {img_size} and {patch_size}'
+            )
         for size, patch in zip(img_size, patch_size, strict=True):
             if size % patch:
                 raise ValueError(

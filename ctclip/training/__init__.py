@@ -18,7 +18,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     'model': {'name': None, 'overrides': {}, 'grad_checkpointing': False},
     'data': {'batch_size': 2, 'num_workers': 0},
     'loss': {'bce': {'weight': 1.0}},
-    'optim': {'lr': 1e-3, 'weight_decay': 0.01, 'betas': [0.9, 0.999], 'eps': 1e-8, 'grad_clip': 1.0},
+    'optim': {
+        'lr': 1e-3,
+        'weight_decay': 0.01,
+        'betas': [0.9, 0.999],
+        'eps': 1e-8,
+        'grad_clip': 1.0,
+    },
     'schedule': {'warmup_steps': 0, 'min_lr_ratio': 0.0},
     'deepspeed': {'config': 'zero0', 'zero_stage': None, 'precision': 'fp32'},
     'train': {

@@ -72,7 +72,11 @@ def load_checkpoint(engine: Any, ckpt_dir: Path, order: dict) -> int:
     if path is None:
         raise RuntimeError(f'DeepSpeed could not load checkpoint {ckpt_dir / tag}')
     saved = (client_state or {}).get('order', {})
-    changed = {k: (saved.get(k), order.get(k)) for k in ORDER_KEYS if k in saved and saved.get(k) != order.get(k)}
+    changed = {
+        k: (saved.get(k), order.get(k))
+        for k in ORDER_KEYS
+        if k in saved and saved.get(k) != order.get(k)
+    }
     if changed:
         raise ValueError(
             f'Cannot resume {ckpt_dir / tag} exactly: settings that fix the data order changed '
@@ -119,7 +123,9 @@ class StopSignal:
         return bool(flag.item())
 
 
-def export_model(engine: Any, module: Any, out_dir: Path, scalar_names: tuple[str, ...] = ()) -> Path:
+def export_model(
+    engine: Any, module: Any, out_dir: Path, scalar_names: tuple[str, ...] = ()
+) -> Path:
     """Write one consolidated `save_pretrained` folder, gathering ZeRO-3 shards first.
 
     Written to a temporary folder next to `out_dir` and renamed, so a killed export never
@@ -142,8 +148,10 @@ def export_model(engine: Any, module: Any, out_dir: Path, scalar_names: tuple[st
 
 def _save(module: Any, tmp: Path, out_dir: Path, scalar_names: tuple[str, ...]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
-    state = {k: v.detach().clone().reshape(()) if k in scalar_names else v.detach().clone()
-             for k, v in module.state_dict().items()}
+    state = {
+        k: v.detach().clone().reshape(()) if k in scalar_names else v.detach().clone()
+        for k, v in module.state_dict().items()
+    }
     module.save_pretrained(tmp, state_dict=state)
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -75,11 +75,15 @@ def term_enabled(loss_cfg: Mapping, name: str) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
-def model_inputs(batch: Mapping, loss_cfg: Mapping, device: torch.device) -> dict[str, torch.Tensor]:
+def model_inputs(
+    batch: Mapping, loss_cfg: Mapping, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Only the towers a stage's loss needs run (stage 1 never touches the text tower)."""
     keys = ['image']
     bce = loss_cfg.get('bce')
-    if any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or (isinstance(bce, Mapping) and bce.get('text')):
+    if any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or (
+        isinstance(bce, Mapping) and bce.get('text')
+    ):
         keys += ['input_ids', 'attention_mask']
     if term_enabled(loss_cfg, 'evidence'):
         keys += ['evidence_input_ids', 'evidence_attention_mask']
@@ -87,12 +91,18 @@ def model_inputs(batch: Mapping, loss_cfg: Mapping, device: torch.device) -> dic
 
 
 def to_device(batch: Mapping, device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def as_float(outputs: Mapping) -> dict[str, Any]:
     """Losses run in fp32 even when the forward ran under bf16 autocast."""
-    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in outputs.items()}
+    return {
+        k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in outputs.items()
+    }
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -129,7 +139,9 @@ def load_deepspeed_json(spec: Any) -> dict:
         path = configs_dir() / 'deepspeed' / name
     if not path.is_file():
         choices = sorted(p.stem for p in (configs_dir() / 'deepspeed').glob('*.json'))
-        raise FileNotFoundError(f'deepspeed.config must be a JSON file or one of {choices}, not {spec!r}')
+        raise FileNotFoundError(
+            f'deepspeed.config must be a JSON file or one of {choices}, not {spec!r}'
+        )
     return json.loads(path.read_text())
 
 
@@ -145,8 +157,12 @@ def deepspeed_config(cfg: Mapping, world_size: int) -> dict:
         out['gradient_clipping'] = float(optim['grad_clip'])
     out.setdefault('optimizer', {'type': 'AdamW', 'params': {}})
     params = out['optimizer'].setdefault('params', {})
-    params.update(lr=float(optim['lr']), betas=list(optim['betas']), eps=float(optim['eps']),
-                  weight_decay=float(optim['weight_decay']))
+    params.update(
+        lr=float(optim['lr']),
+        betas=list(optim['betas']),
+        eps=float(optim['eps']),
+        weight_decay=float(optim['weight_decay']),
+    )
     if out['optimizer']['type'].lower() in ('adam', 'adamw'):
         params.setdefault('torch_adam', True)  # DeepSpeed's CPU Adam compiles for ~40 s
     if ds_cfg.get('zero_stage') is not None:

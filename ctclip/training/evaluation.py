@@ -36,7 +36,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=False):
         ranks[order[s:e]] = (s + e + 1) / 2.0
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -51,13 +51,17 @@ def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[flo
 def _templates(name_or_pairs: Any) -> Any:
     if isinstance(name_or_pairs, str):
         if name_or_pairs not in ZERO_SHOT_TEMPLATES:
-            raise ValueError(f'train.zero_shot_templates must be one of {sorted(ZERO_SHOT_TEMPLATES)}, not {name_or_pairs!r}')
+            raise ValueError(
+                f'train.zero_shot_templates must be one of {sorted(ZERO_SHOT_TEMPLATES)}, not {name_or_pairs!r}'
+            )
         return ZERO_SHOT_TEMPLATES[name_or_pairs]
     return name_or_pairs
 
 
 @torch.no_grad()
-def _embed(module: Any, dataset: Any, rows: Sequence[int], batch_size: int, autocast: bool) -> dict[str, np.ndarray]:
+def _embed(
+    module: Any, dataset: Any, rows: Sequence[int], batch_size: int, autocast: bool
+) -> dict[str, np.ndarray]:
     feats, logits, index = [], [], []
     for start in range(0, len(rows), batch_size):
         batch = collate([dataset[int(i)] for i in rows[start : start + batch_size]])
@@ -112,10 +116,12 @@ def evaluate(
         features = np.concatenate([p['features'] for p in parts])
         index = np.concatenate([p['index'] for p in parts])
         labels = dataset.table.labels[index]
-        scores = np.asarray(zero_shot_scores(module, features, list(FINDINGS), _templates(templates)))
+        scores = np.asarray(
+            zero_shot_scores(module, features, list(FINDINGS), _templates(templates))
+        )
         metrics: dict[str, float] = {}
         metrics['val/zero_shot_auroc'], per_class = macro_auroc(labels, scores)
-        for name, value in zip(FINDINGS, per_class):
+        for name, value in zip(FINDINGS, per_class, strict=False):
             metrics[f'val/zero_shot_auroc/{name}'] = value
         if all(p['logits'] is not None for p in parts):
             logits = np.concatenate([p['logits'] for p in parts])

@@ -17,7 +17,9 @@ _logger = logging.getLogger(__name__)
 
 
 class RunLogger:
-    def __init__(self, output_dir: Path, rank: int, total_steps: int, start_step: int, progress: bool = True):
+    def __init__(
+        self, output_dir: Path, rank: int, total_steps: int, start_step: int, progress: bool = True
+    ):
         self.rank, self.path = rank, output_dir / 'metrics.jsonl'
         self.bar = self.writer = None
         if rank != 0:
@@ -26,11 +28,15 @@ class RunLogger:
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc='train', unit='step', dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc='train', unit='step', dynamic_ncols=True
+            )
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(output_dir / 'tensorboard'), purge_step=start_step or None)
+            self.writer = SummaryWriter(
+                str(output_dir / 'tensorboard'), purge_step=start_step or None
+            )
         except ImportError:  # tensorboard is in the [train] extra
             _logger.warning('tensorboard is not installed: no event files are written')
 
@@ -47,7 +53,11 @@ class RunLogger:
         if self.bar is not None:
             if advance:
                 self.bar.update(advance)
-            shown = {k: f'{v:.4g}' for k, v in values.items() if k in ('loss', 'lr', 'val/zero_shot_auroc')}
+            shown = {
+                k: f'{v:.4g}'
+                for k, v in values.items()
+                if k in ('loss', 'lr', 'val/zero_shot_auroc')
+            }
             if shown:
                 self.bar.set_postfix(shown, refresh=False)
 
@@ -73,7 +83,11 @@ def _plain(value: Any) -> Any:
 def _truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get('step', 0) <= step]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get('step', 0) <= step
+    ]
     tmp = path.with_name(f'.{path.name}.tmp')
     tmp.write_text(''.join(line + '\n' for line in keep))
     os.replace(tmp, path)
@@ -81,7 +95,11 @@ def _truncate_after(path: Path, step: int) -> None:
 
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
@@ -95,13 +113,17 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     loss_keys = sorted({k for r in records for k in r if k.startswith('loss')})
-    panels = [('loss terms', loss_keys), ('learning rate', ['lr']), ('validation AUROC', ['val/zero_shot_auroc', 'val/head_auroc'])]
+    panels = [
+        ('loss terms', loss_keys),
+        ('learning rate', ['lr']),
+        ('validation AUROC', ['val/zero_shot_auroc', 'val/head_auroc']),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (title, keys) in zip(axes, panels):
+    for ax, (title, keys) in zip(axes, panels, strict=False):
         for key in keys:
             points = [(r['step'], r[key]) for r in records if isinstance(r.get(key), (int, float))]
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=False)
                 ax.plot(xs, ys, marker='o' if len(points) < 30 else None, ms=3, label=key)
         ax.set_title(title)
         ax.set_xlabel('step')

@@ -35,19 +35,30 @@ def build_model(model_cfg: dict, init_from: str | None) -> torch.nn.Module:
     if init_from:
         path = Path(init_from)
         if not path.exists():
-            raise FileNotFoundError(f'train.init_from {str(path)!r} does not exist (a stage-1 final/ folder)')
+            raise FileNotFoundError(
+                f'train.init_from {str(path)!r} does not exist (a stage-1 final/ folder)'
+            )
         report = model.init_from(str(path), strict=False)
-        _logger.info('Initialised from %s: %d tensors loaded, new: %s', path, len(report['loaded']), report['missing'][:10])
+        _logger.info(
+            'Initialised from %s: %d tensors loaded, new: %s',
+            path,
+            len(report['loaded']),
+            report['missing'][:10],
+        )
     if model_cfg.get('grad_checkpointing'):
         setter = getattr(model, 'set_grad_checkpointing', None)
         if setter is None:
-            raise ValueError(f'model.grad_checkpointing is on but {type(model).__name__} has no set_grad_checkpointing()')
+            raise ValueError(
+                f'model.grad_checkpointing is on but {type(model).__name__} has no set_grad_checkpointing()'
+            )
         setter(True)
     return model
 
 
 @torch.no_grad()
-def predict_labels(model: torch.nn.Module, dataset: Any, rows: np.ndarray, batch_size: int = 4) -> np.ndarray:
+def predict_labels(
+    model: torch.nn.Module, dataset: Any, rows: np.ndarray, batch_size: int = 4
+) -> np.ndarray:
     """sigmoid(image_logits) of the centre crops of `rows` of a training dataset."""
     was_training, train_flag = model.training, dataset.train
     model.eval()
@@ -64,7 +75,9 @@ def predict_labels(model: torch.nn.Module, dataset: Any, rows: np.ndarray, batch
     return np.concatenate(out) if out else np.zeros((0, dataset.table.labels.shape[1]), np.float32)
 
 
-def attach_pseudo_labels(model: torch.nn.Module, dataset: Any, output_dir: Path, rank: int, world: int) -> None:
+def attach_pseudo_labels(
+    model: torch.nn.Module, dataset: Any, output_dir: Path, rank: int, world: int
+) -> None:
     """Give the unpaired training images stage-1 pseudo-labels (collective over ranks)."""
     path = output_dir / PSEUDO_FILE
     unpaired = np.flatnonzero(~dataset.paired)
@@ -83,11 +96,13 @@ def attach_pseudo_labels(model: torch.nn.Module, dataset: Any, output_dir: Path,
             tmp = path.with_name(f'.{path.stem}.tmp.npz')
             np.savez(tmp, volume_id=ids, probabilities=probs)
             os.replace(tmp, path)
-            _logger.info('Pseudo-labelled %d unpaired images with the stage-1 model -> %s', len(rows), path)
+            _logger.info(
+                'Pseudo-labelled %d unpaired images with the stage-1 model -> %s', len(rows), path
+            )
         if dist.is_initialized():
             dist.barrier()
     saved = np.load(path)
-    lookup = dict(zip(saved['volume_id'].tolist(), saved['probabilities']))
+    lookup = dict(zip(saved['volume_id'].tolist(), saved['probabilities'], strict=False))
     pseudo = np.full((len(dataset), n_labels), -1.0, np.float32)
     for r in unpaired:
         if dataset.volume_ids[r] in lookup:

@@ -49,7 +49,9 @@ class Trainer:
             dump_config(self.cfg, self.out / 'resolved_config.yaml')
         torch.manual_seed(self.seed)  # the same initial weights on every rank
         self.model = build_model(self.cfg['model'], train.get('init_from'))
-        self.train_ds, self.val_ds = build_datasets(self.cfg['data'], model_tokenizer(self.model), self.seed)
+        self.train_ds, self.val_ds = build_datasets(
+            self.cfg['data'], model_tokenizer(self.model), self.seed
+        )
         if train.get('pseudo_labels'):
             self._barrier()
             attach_pseudo_labels(self.model, self.train_ds, self.out, self.rank, self.world)
@@ -67,7 +69,9 @@ class Trainer:
         global_batch = self.micro * self.accum * self.world
         per_epoch = len(self.train_ds) // global_batch
         if per_epoch < 1:
-            raise ValueError(f'{len(self.train_ds)} training volumes cannot fill one global batch of {global_batch}')
+            raise ValueError(
+                f'{len(self.train_ds)} training volumes cannot fill one global batch of {global_batch}'
+            )
         if train.get('steps'):
             return int(train['steps'])
         if train.get('epochs'):
@@ -80,31 +84,49 @@ class Trainer:
         ds_json = eng.deepspeed_config(self.cfg, self.world)
         self.autocast = eng.uses_autocast(ds_json)
         sched = self.cfg['schedule']
-        factor = eng.lr_lambda(int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio']))
+        factor = eng.lr_lambda(
+            int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio'])
+        )
         groups = eng.param_groups(self.model, float(self.cfg['optim']['weight_decay']))
         self.scalar_names = eng.lift_scalar_parameters(self.model)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.model, model_parameters=groups, config=ds_json,
+            model=self.model,
+            model_parameters=groups,
+            config=ds_json,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         )
         from ctclip.losses import create_loss
 
         self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)
-        self.order = {'seed': self.seed, 'global_batch': self.micro * self.accum * self.world,
-                      'train_size': len(self.train_ds), 'total_steps': self.total_steps}
+        self.order = {
+            'seed': self.seed,
+            'global_batch': self.micro * self.accum * self.world,
+            'train_size': len(self.train_ds),
+            'total_steps': self.total_steps,
+        }
         self.start_step = 0
         if self.cfg['train'].get('resume', True):
             self.start_step = ckpt.load_checkpoint(self.engine, self.ckpt_dir, self.order)
 
     def _loader(self) -> Iterator[dict]:
         sampler = StepSampler(
-            len(self.train_ds), self.micro, self.world, self.rank, self.accum, self.seed,
-            self.total_steps, self.start_step,
+            len(self.train_ds),
+            self.micro,
+            self.world,
+            self.rank,
+            self.accum,
+            self.seed,
+            self.total_steps,
+            self.start_step,
         )
         workers = int(self.cfg['data'].get('num_workers') or 0)
         loader = torch.utils.data.DataLoader(
-            self.train_ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-            pin_memory=torch.cuda.is_available(), persistent_workers=False,
+            self.train_ds,
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
             prefetch_factor=int(self.cfg['data'].get('prefetch_factor', 2)) if workers else None,
         )
         return iter(loader)
@@ -116,7 +138,11 @@ class Trainer:
         losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))
         self.engine.backward(losses['loss'])
         self.engine.step()
-        return {k: v.detach().float() for k, v in losses.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
+        return {
+            k: v.detach().float()
+            for k, v in losses.items()
+            if isinstance(v, torch.Tensor) and v.dim() == 0
+        }
 
     def _reduce(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
         keys = sorted(sums)
@@ -124,11 +150,20 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(values)
             values /= self.world
-        return {('loss' if k == 'loss' else f'loss/{k}'): float(v) for k, v in zip(keys, values)}
+        return {
+            ('loss' if k == 'loss' else f'loss/{k}'): float(v)
+            for k, v in zip(keys, values, strict=False)
+        }
 
     def fit(self) -> Path:
         train = self.cfg['train']
-        logger = RunLogger(self.out, self.rank, self.total_steps, self.start_step, bool(train.get('progress', True)))
+        logger = RunLogger(
+            self.out,
+            self.rank,
+            self.total_steps,
+            self.start_step,
+            bool(train.get('progress', True)),
+        )
         stop = ckpt.StopSignal().install()
         stop_after = train.get('stop_after')
         last_saved, step = self.start_step, self.start_step
@@ -145,16 +180,28 @@ class Trainer:
                 self._log_step(logger, step, sums, timer)
                 if self._want_eval(step):
                     logger.log(step, self.evaluate())
-                interrupt = stop.should_stop() or (stop_after and step - self.start_step >= int(stop_after))
+                interrupt = stop.should_stop() or (
+                    stop_after and step - self.start_step >= int(stop_after)
+                )
                 if interrupt or step % int(train['ckpt_every']) == 0 or step == self.total_steps:
-                    path = ckpt.save_checkpoint(self.engine, self.ckpt_dir, step, self.order, int(train['keep_checkpoints']))
+                    path = ckpt.save_checkpoint(
+                        self.engine, self.ckpt_dir, step, self.order, int(train['keep_checkpoints'])
+                    )
                     last_saved = step
                 if interrupt:
                     raise Interrupted(step, path, stop.received or 'train.stop_after')
             if last_saved != self.total_steps:
-                ckpt.save_checkpoint(self.engine, self.ckpt_dir, self.total_steps, self.order, int(train['keep_checkpoints']))
+                ckpt.save_checkpoint(
+                    self.engine,
+                    self.ckpt_dir,
+                    self.total_steps,
+                    self.order,
+                    int(train['keep_checkpoints']),
+                )
             self.engine.module.config['recipe'] = self.train_ds.recipe
-            final = ckpt.export_model(self.engine, self.engine.module, self.out / 'final', self.scalar_names)
+            final = ckpt.export_model(
+                self.engine, self.engine.module, self.out / 'final', self.scalar_names
+            )
         finally:
             stop.restore()
             logger.close()
@@ -175,12 +222,21 @@ class Trainer:
 
     def _want_eval(self, step: int) -> bool:
         every = int(self.cfg['train'].get('eval_every') or 0)
-        return self.val_ds is not None and every > 0 and (step % every == 0 or step == self.total_steps)
+        return (
+            self.val_ds is not None
+            and every > 0
+            and (step % every == 0 or step == self.total_steps)
+        )
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(
-            self.engine.module, self.val_ds, self.rank, self.world,
-            int(self.cfg['train']['eval_batch_size']), self.cfg['train']['zero_shot_templates'], self.autocast,
+            self.engine.module,
+            self.val_ds,
+            self.rank,
+            self.world,
+            int(self.cfg['train']['eval_batch_size']),
+            self.cfg['train']['zero_shot_templates'],
+            self.autocast,
         )
 
 
@@ -188,5 +244,7 @@ def final_metrics(output_dir: str | Path) -> dict[str, Any]:
     """The last validation record of a run (for tests and the demo)."""
     from ctclip.training.logging import read_metrics
 
-    evals = [r for r in read_metrics(Path(output_dir) / 'metrics.jsonl') if 'val/zero_shot_auroc' in r]
+    evals = [
+        r for r in read_metrics(Path(output_dir) / 'metrics.jsonl') if 'val/zero_shot_auroc' in r
+    ]
     return evals[-1] if evals else {}

@@ -32,7 +32,12 @@ def test_window_maps_hu_to_range_and_rejects_bad_bounds():
     w = Window(-1000, 200)
     out = w(np.array([-2000, -1000, -400, 200, 3000], np.int16))
     np.testing.assert_allclose(out, [-1, -1, 0, 1, 1])
-    assert Window.parse({'hu_min': -1000, 'hu_max': 1000, 'out_min': 0, 'out_max': 1})(np.array([0]))[0] == 0.5
+    assert (
+        Window.parse({'hu_min': -1000, 'hu_max': 1000, 'out_min': 0, 'out_max': 1})(np.array([0]))[
+            0
+        ]
+        == 0.5
+    )
     with pytest.raises(ValueError, match='greater than'):
         Window(200, -1000)
     with pytest.raises(ValueError, match='Window must be'):
@@ -40,7 +45,12 @@ def test_window_maps_hu_to_range_and_rejects_bad_bounds():
 
 
 def test_recipe_window_and_crop_from_cache_recipe():
-    recipe = {'window_hu': [-1000, 200], 'window_out': [-1, 1], 'train_crop_zyx': [48, 96, 96], 'shape_zyx': [56, 112, 112]}
+    recipe = {
+        'window_hu': [-1000, 200],
+        'window_out': [-1, 1],
+        'train_crop_zyx': [48, 96, 96],
+        'shape_zyx': [56, 112, 112],
+    }
     assert recipe_crop(recipe) == (48, 96, 96)
     assert recipe_crop({'shape_zyx': [56, 112, 112]}) == (56, 112, 112)
     assert recipe_window(recipe).hu_max == 200
@@ -66,10 +76,14 @@ def test_labels_csv_errors_name_the_file_and_problem(tmp_path):
     path.write_text('report_id,Emphysema\nx,1\n')
     with pytest.raises(ValueError, match='must have columns'):
         load_labels(path)
-    path.write_text('report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join(['2'] + ['0'] * 17) + '\n')
+    path.write_text(
+        'report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join(['2'] + ['0'] * 17) + '\n'
+    )
     with pytest.raises(ValueError, match="must be 1, 0 or -1, not '2'"):
         load_labels(path)
-    path.write_text('report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join([''] + ['1'] * 17) + '\n')
+    path.write_text(
+        'report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join([''] + ['1'] * 17) + '\n'
+    )
     labels = load_labels(path)['x']
     assert labels[0] == -1 and labels[1] == 1
 
@@ -102,16 +116,25 @@ def test_step_sampler_one_rank_with_accumulation_equals_two_ranks():
     r1 = list(StepSampler(20, 2, world_size=2, rank=1, seed=3, total_steps=7))
     assert one[0::2] == r0 and one[1::2] == r1
     assert {e for batch in one for e, _ in batch} == {0, 1}  # 5 steps per epoch: step 6 is epoch 1
-    resumed = list(StepSampler(20, 2, world_size=1, grad_accum=2, seed=3, total_steps=7, start_step=4))
+    resumed = list(
+        StepSampler(20, 2, world_size=1, grad_accum=2, seed=3, total_steps=7, start_step=4)
+    )
     assert resumed == one[8:]
     with pytest.raises(ValueError, match='at least one global batch'):
         StepSampler(3, 2, world_size=2)
 
 
 def test_dataset_rows_follow_the_batch_contract(cohort):
-    cfg = {'cache': str(cohort['cache']), 'labels': str(cohort['labels']), 'reports': str(cohort['reports']),
-           'evidence': str(cohort['evidence']), 'paired_fraction': 0.5, 'max_length': 40, 'max_evidence': 4,
-           'evidence_length': 16}
+    cfg = {
+        'cache': str(cohort['cache']),
+        'labels': str(cohort['labels']),
+        'reports': str(cohort['reports']),
+        'evidence': str(cohort['evidence']),
+        'paired_fraction': 0.5,
+        'max_length': 40,
+        'max_evidence': 4,
+        'evidence_length': 16,
+    }
     train, val = build_datasets(cfg, fake_tokenize, seed=0)
     assert len(train) == 12 and len(val) == 4 and train.crop == CROP_ZYX
     batch = collate([train[(0, i)] for i in range(len(train))])
@@ -122,8 +145,12 @@ def test_dataset_rows_follow_the_batch_contract(cohort):
     paired = batch['paired'].numpy()
     assert paired.sum() == train.paired.sum() and 0 < paired.sum() < 12
     unpaired = ~paired
-    assert (batch['image_labels'][unpaired] == -1).all()  # no report of its own, no pseudo-labels given
-    assert not torch.equal(batch['text_labels'][unpaired], torch.from_numpy(train.table.labels[unpaired]))
+    assert (
+        batch['image_labels'][unpaired] == -1
+    ).all()  # no report of its own, no pseudo-labels given
+    assert not torch.equal(
+        batch['text_labels'][unpaired], torch.from_numpy(train.table.labels[unpaired])
+    )
     assert isinstance(batch['volume_id'], list) and batch['index'].tolist() == list(range(12))
     # the same key gives the same sample; another epoch gives another crop
     assert torch.equal(train[(0, 3)]['image'], train[(0, 3)]['image'])
@@ -136,9 +163,15 @@ def test_workers_open_the_cache_lazily_and_load_the_same_batches(cohort):
     train, _ = build_datasets(cfg, None, seed=0)
     train.image(0, None)  # opens the handle in this process; workers must not inherit it
     sampler = StepSampler(len(train), 4, seed=0, total_steps=3)
-    loaded = [list(torch.utils.data.DataLoader(train, batch_sampler=sampler, num_workers=w, collate_fn=collate))
-              for w in (0, 2)]
-    for a, b in zip(*loaded):
+    loaded = [
+        list(
+            torch.utils.data.DataLoader(
+                train, batch_sampler=sampler, num_workers=w, collate_fn=collate
+            )
+        )
+        for w in (0, 2)
+    ]
+    for a, b in zip(*loaded, strict=False):
         assert torch.equal(a['image'], b['image']) and torch.equal(a['index'], b['index'])
 
 
@@ -146,6 +179,16 @@ def test_missing_paths_and_empty_splits_are_clear_errors(cohort, tmp_path):
     with pytest.raises(ValueError, match='data.cache must name'):
         build_datasets({'labels': 'x'}, None, 0)
     with pytest.raises(ValueError, match="its splits are \\['train', 'valid'\\]"):
-        build_datasets({'cache': str(cohort['cache']), 'labels': str(cohort['labels']), 'train_split': ['trn']}, None, 0)
+        build_datasets(
+            {
+                'cache': str(cohort['cache']),
+                'labels': str(cohort['labels']),
+                'train_split': ['trn'],
+            },
+            None,
+            0,
+        )
     with pytest.raises(FileNotFoundError, match='labels.csv'):
-        build_datasets({'cache': str(cohort['cache']), 'labels': str(tmp_path / 'labels.csv')}, None, 0)
+        build_datasets(
+            {'cache': str(cohort['cache']), 'labels': str(tmp_path / 'labels.csv')}, None, 0
+        )

@@ -33,24 +33,54 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_accumulation(tmp_path):
     cohort = make_cohort(tmp_path / 'cohort', n_train=16, n_valid=4)
-    cfg = config(cohort, tmp_path / 'one', data={'batch_size': 2}, deepspeed={'config': 'zero1'},
-                 train={'steps': 4, 'grad_accum': 2, 'eval_every': 4})
+    cfg = config(
+        cohort,
+        tmp_path / 'one',
+        data={'batch_size': 2},
+        deepspeed={'config': 'zero1'},
+        train={'steps': 4, 'grad_accum': 2, 'eval_every': 4},
+    )
     train(cfg)
     cfg['train'].update(output_dir=str(tmp_path / 'two'), grad_accum=1)
     (tmp_path / 'two.yaml').write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+    }
     env.update(DS_ACCELERATOR='cpu', OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-           '-m', 'ctclip', 'train', '--config', str(tmp_path / 'two.yaml')]
+    cmd = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node',
+        '2',
+        '--master_port',
+        str(_free_port()),
+        '-m',
+        'ctclip',
+        'train',
+        '--config',
+        str(tmp_path / 'two.yaml'),
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    np.testing.assert_allclose(losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        losses(tmp_path / 'two'), losses(tmp_path / 'one'), rtol=1e-5, atol=1e-6
+    )
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / 'one' / 'final' / 'model.safetensors')
     b = load_file(tmp_path / 'two' / 'final' / 'model.safetensors')
-    for key in a:  # BatchNorm running statistics are per rank (rank 0's are exported): parameters only
+    for (
+        key
+    ) in a:  # BatchNorm running statistics are per rank (rank 0's are exported): parameters only
         if 'running_' not in key and 'num_batches_tracked' not in key:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
-    evals = {d: [r for r in read_metrics(tmp_path / d / 'metrics.jsonl') if 'val/head_auroc' in r] for d in ('one', 'two')}
-    assert evals['one'][-1]['val/head_auroc'] == pytest.approx(evals['two'][-1]['val/head_auroc'], abs=1e-6)
+    evals = {
+        d: [r for r in read_metrics(tmp_path / d / 'metrics.jsonl') if 'val/head_auroc' in r]
+        for d in ('one', 'two')
+    }
+    assert evals['one'][-1]['val/head_auroc'] == pytest.approx(
+        evals['two'][-1]['val/head_auroc'], abs=1e-6
+    )

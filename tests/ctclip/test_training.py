@@ -22,7 +22,10 @@ from tests.ctclip.training_data import make_cohort
 
 TINY_MODEL = {
     'name': 'resnet3d-tiny-tinybert',
-    'overrides': {'vision_cfg': {'block_inplanes': [4, 8, 8, 16]}, 'text_cfg': {'width': 32, 'layers': 1}},
+    'overrides': {
+        'vision_cfg': {'block_inplanes': [4, 8, 8, 16]},
+        'text_cfg': {'width': 32, 'layers': 1},
+    },
 }
 
 
@@ -33,13 +36,31 @@ def cohort(tmp_path_factory):
 
 def config(cohort, out, stage='stage1-small.yaml', **sections):
     cfg = load_config(configs_dir() / 'train' / stage)
-    cfg['model'] = {**cfg['model'], **TINY_MODEL,
-                    'overrides': {**TINY_MODEL['overrides'], **cfg['model'].get('overrides', {})}}
-    cfg['data'].update(cache=str(cohort['cache']), labels=str(cohort['labels']), reports=str(cohort['reports']),
-                       evidence=str(cohort['evidence']), batch_size=4, num_workers=0, max_length=48,
-                       evidence_length=16, max_evidence=4)
-    cfg['train'].update(output_dir=str(out), steps=6, epochs=None, log_every=1, ckpt_every=100,
-                        eval_every=0, progress=False)
+    cfg['model'] = {
+        **cfg['model'],
+        **TINY_MODEL,
+        'overrides': {**TINY_MODEL['overrides'], **cfg['model'].get('overrides', {})},
+    }
+    cfg['data'].update(
+        cache=str(cohort['cache']),
+        labels=str(cohort['labels']),
+        reports=str(cohort['reports']),
+        evidence=str(cohort['evidence']),
+        batch_size=4,
+        num_workers=0,
+        max_length=48,
+        evidence_length=16,
+        max_evidence=4,
+    )
+    cfg['train'].update(
+        output_dir=str(out),
+        steps=6,
+        epochs=None,
+        log_every=1,
+        ckpt_every=100,
+        eval_every=0,
+        progress=False,
+    )
     cfg['schedule']['warmup_steps'] = 2
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
@@ -56,7 +77,9 @@ def test_auroc_matches_the_rank_definition():
     y, s = rng.integers(0, 2, 50), np.round(rng.random(50), 1)  # with ties
     assert auroc(y, s) == pytest.approx(sk.roc_auc_score(y, s))
     assert np.isnan(auroc(np.ones(5), rng.random(5)))
-    mean, per_class = macro_auroc(np.array([[1, -1], [0, -1], [1, 1]]), np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3]]))
+    mean, per_class = macro_auroc(
+        np.array([[1, -1], [0, -1], [1, 1]]), np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3]])
+    )
     assert mean == 1.0 and np.isnan(per_class[1])
 
 
@@ -69,16 +92,30 @@ def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path):
         assert (run1 / name).exists(), name
     assert latest_tag(run1 / 'checkpoints') == 'step_00000006'
     assert [s for s, _ in losses(run1)] == [1, 2, 3, 4, 5, 6]
-    cfg2 = config(cohort, tmp_path / 's2', 'stage2-evidence-small.yaml', data={'paired_fraction': 0.5},
-                  train={'init_from': str(final1), 'eval_every': 3})
+    cfg2 = config(
+        cohort,
+        tmp_path / 's2',
+        'stage2-evidence-small.yaml',
+        data={'paired_fraction': 0.5},
+        train={'init_from': str(final1), 'eval_every': 3},
+    )
     final2 = train(cfg2)
     records = read_metrics(tmp_path / 's2' / 'metrics.jsonl')
     terms = {k for r in records for k in r if k.startswith('loss/')}
-    assert {'loss/clip', 'loss/evidence', 'loss/multi_positive', 'loss/text_bce', 'loss/bce'} <= terms
+    assert {
+        'loss/clip',
+        'loss/evidence',
+        'loss/multi_positive',
+        'loss/text_bce',
+        'loss/bce',
+    } <= terms
     evals = [r for r in records if 'val/zero_shot_auroc' in r]
     assert [r['step'] for r in evals] == [3, 6] and 0.0 <= evals[-1]['val/zero_shot_auroc'] <= 1.0
     pseudo = np.load(tmp_path / 's2' / 'pseudo_labels.npz')
-    assert len(pseudo['volume_id']) == 8 and ((pseudo['probabilities'] > 0) & (pseudo['probabilities'] < 1)).all()
+    assert (
+        len(pseudo['volume_id']) == 8
+        and ((pseudo['probabilities'] > 0) & (pseudo['probabilities'] < 1)).all()
+    )
     model = CTClip.from_pretrained(final2).eval()
     assert model.prototypes is not None and model.logit_scale.dim() == 0
     assert model.config['recipe']['train_crop_zyx'] == [16, 32, 32]
@@ -96,8 +133,14 @@ def reference(cohort, tmp_path_factory):
 
 
 def resume_config(cohort, out, **train_cfg):
-    return config(cohort, out, 'stage2-clip-small.yaml', loss={'bce': 0.5, 'clip': 1.0},
-                  deepspeed={'config': 'zero2'}, train={'ckpt_every': 2, **train_cfg})
+    return config(
+        cohort,
+        out,
+        'stage2-clip-small.yaml',
+        loss={'bce': 0.5, 'clip': 1.0},
+        deepspeed={'config': 'zero2'},
+        train={'ckpt_every': 2, **train_cfg},
+    )
 
 
 def test_resume_after_stop_reproduces_the_uninterrupted_losses(cohort, reference, tmp_path):
@@ -109,7 +152,10 @@ def test_resume_after_stop_reproduces_the_uninterrupted_losses(cohort, reference
     np.testing.assert_allclose(losses(tmp_path), losses(reference), rtol=1e-6, atol=1e-7)
     from safetensors.torch import load_file
 
-    a, b = load_file(reference / 'final' / 'model.safetensors'), load_file(tmp_path / 'final' / 'model.safetensors')
+    a, b = (
+        load_file(reference / 'final' / 'model.safetensors'),
+        load_file(tmp_path / 'final' / 'model.safetensors'),
+    )
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
 
@@ -119,7 +165,9 @@ def test_sigusr1_checkpoints_exits_and_resumes_exactly(cohort, reference, tmp_pa
 
     def send_when_training():
         deadline = time.time() + 120
-        while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 2):
+        while time.time() < deadline and not (
+            metrics.exists() and metrics.read_text().count('\n') >= 2
+        ):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGUSR1)
 
@@ -141,15 +189,21 @@ def test_resume_refuses_a_changed_data_order(cohort, reference, tmp_path):
 def test_zero3_bf16_autocast_exports_one_consolidated_model(cohort, tmp_path):
     from ctclip.model import CTClip
 
-    cfg = config(cohort, tmp_path, deepspeed={'config': 'zero3', 'precision': 'bf16-autocast'},
-                 train={'steps': 2, 'eval_every': 2})
+    cfg = config(
+        cohort,
+        tmp_path,
+        deepspeed={'config': 'zero3', 'precision': 'bf16-autocast'},
+        train={'steps': 2, 'eval_every': 2},
+    )
     final = train(cfg)
     model = CTClip.from_pretrained(final)  # strict: every tensor present with its full shape
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params > 100_000
     config_json = json.loads((final / 'config.json').read_text())
     assert config_json['name'] == 'resnet3d-tiny-tinybert'
-    assert all(np.isfinite(r['loss']) for r in read_metrics(tmp_path / 'metrics.jsonl') if 'loss' in r)
+    assert all(
+        np.isfinite(r['loss']) for r in read_metrics(tmp_path / 'metrics.jsonl') if 'loss' in r
+    )
 
 
 def test_bad_settings_fail_before_training(cohort, tmp_path):

@@ -181,6 +181,71 @@ def test_conventions_and_exclusions(labeler, text, finding, expected):
     assert labeler.annotate('r', text).labels()[finding] == expected
 
 
+@pytest.mark.parametrize(
+    'text, finding, expected',
+    [
+        # Heart size said the other way round, and the cardiothoracic ratio given as a number.
+        ('Increased heart size is noted.', 'Cardiomegaly', 1),
+        ('The cardiothoracic ratio is above 0.5.', 'Cardiomegaly', 1),
+        ('CTI > 50%.', 'Cardiomegaly', 1),
+        ('The cardiothoracic ratio is within normal limits.', 'Cardiomegaly', 0),
+        # Peribronchial thickening: sheath/interstitium wording, hyphen, density increase.
+        (
+            'Thickening and traction bronchiectasis along the peribronchial sheath.',
+            'Peribronchial thickening',
+            1,
+        ),
+        ('Peri-bronchial thickening in both lower lobes.', 'Peribronchial thickening', 1),
+        (
+            'A significant increase in peribronchovascular density is observed.',
+            'Peribronchial thickening',
+            1,
+        ),
+        (
+            'Peribronchial and interlobular septal thickening in both lungs.',
+            'Peribronchial thickening',
+            1,
+        ),
+        # ... but not across a list that names other things.
+        (
+            'Septal thickening and peribronchovascular ground glass opacities.',
+            'Peribronchial thickening',
+            0,
+        ),
+        ('Peribronchovascular nodules and septal thickening.', 'Peribronchial thickening', 0),
+        ('Wall thickening in the peribronchial lymph nodes.', 'Peribronchial thickening', 0),
+        ('Thickened interlobular septa in both lungs.', 'Interlobular septal thickening', 1),
+        ('Thickened septa in the lower lobes.', 'Interlobular septal thickening', 1),
+        # Devices named by type.
+        ('Chemoport in the right chest wall.', 'Medical material', 1),
+        ('Pacing leads in the right ventricle.', 'Medical material', 1),
+        ('Endoprosthesis in the descending aorta.', 'Medical material', 1),
+        ('Osteosynthesis material in the right clavicle.', 'Medical material', 1),
+        ('Omental implants are observed.', 'Medical material', 0),
+        # Calcification placed in the coronaries is not arterial-wall (thoracic) calcification.
+        (
+            'Dilatation of the aorta, atheroma plaques in the coronary arteries.',
+            'Arterial wall calcification',
+            0,
+        ),
+        (
+            'Atheroma plaques in the coronary arteries and aortic arch.',
+            'Arterial wall calcification',
+            1,
+        ),
+        # "absent" and "X - no thickening was detected" negate.
+        ('Pleural or pericardial effusion or absent.', 'Pericardial effusion', 0),
+        ('Pericardial effusion - no thickening was detected.', 'Pericardial effusion', 0),
+        # Effusion placed in the abdomen is not pleural; in the hemithorax it is.
+        ('Effusion in the form of perirenal fringing is observed.', 'Pleural effusion', 0),
+        ('Effusion in the right hemithorax, ascites in the abdomen.', 'Pleural effusion', 1),
+        ('Bilateral pleural effusion and perihepatic fluid.', 'Pleural effusion', 1),
+    ],
+)
+def test_conventions_added_for_unseen_phrasing(labeler, text, finding, expected):
+    assert labeler.annotate('r', text).labels()[finding] == expected
+
+
 def test_quotes_are_substrings_and_locations_parsed(labeler):
     text = (
         'Trachea, both main bronchi are open. Pericardial effusion-thickening was not observed. '

@@ -35,8 +35,6 @@ FINAL_STATES = {
     'PREEMPTED',
 }
 
-pytestmark = pytest.mark.slurm
-
 
 def _run(cmd: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)

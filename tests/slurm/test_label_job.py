@@ -31,6 +31,8 @@ from tests.slurm.conftest import (
 N_REPORTS = 8
 STUB = Path(__file__).with_name('openai_stub.py')
 
+pytestmark = pytest.mark.slurm
+
 
 def _write_reports(path: Path) -> None:
     with path.open('w', newline='') as f:

@@ -20,6 +20,8 @@ from tests.slurm.conftest import Job, assert_completed, submit_helper, wait_done
 
 SHARDS = 4
 
+pytestmark = pytest.mark.slurm
+
 
 @pytest.fixture(scope='module')
 def cohort(tmp_path_factory) -> Path:

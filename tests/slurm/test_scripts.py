@@ -48,17 +48,17 @@ def test_site_config_then_environment_then_defaults(tmp_path):
            'CTCLIP_SITE': str(site), 'CTCLIP_LAUNCHER': 'deepspeed', 'HOME': str(tmp_path)}  # fmt: skip
     result = _bash(
         'source "$CTCLIP_SLURM_DIR/common.sh" && ctclip_setup && '
-        'echo "$CTCLIP_VENV|$CTCLIP_LAUNCHER|$(ctclip_port 1)|$SLURM_EXPORT_ENV|${PATH%%:*}|$CTCLIP_ROOT|$HF_HUB_OFFLINE"',
+        'echo "$CTCLIP_VENV|$CTCLIP_LAUNCHER|$(ctclip_port 1)|$SLURM_EXPORT_ENV|${PATH##*:}|$CTCLIP_PYTHON|$HF_HUB_OFFLINE"',
         env,
     )
     assert result.returncode == 0, result.stderr
-    venv_got, launcher, port, export, first_path, root, offline = result.stdout.strip().split('|')
+    venv_got, launcher, port, export, last_path, python, offline = result.stdout.strip().split('|')
     assert venv_got == str(venv)  # from the site file
     assert launcher == 'deepspeed'  # the environment wins over the site file
     assert int(port) == 20000 + (1234 % 5000) * 3 + 1
     assert export == 'ALL'  # srun steps inherit the job's environment under --export=NONE
-    assert first_path == f'{venv}/bin'
-    assert root == str(ROOT) and offline == '1'
+    assert last_path == f'{venv}/bin' and python == f'{venv}/bin/python'  # called by full path
+    assert offline == '1'
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,9 @@ The step count continues across the requeue and the losses equal the uninterrupt
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,12 +28,30 @@ from tests.slurm.conftest import (
 
 STEPS = 50
 
+pytestmark = pytest.mark.slurm
+
+
+def _build_deepspeed_ops() -> None:
+    """JIT-build DeepSpeed's CPU comm op here, before the jobs start (a no-op when it is built).
+
+    Otherwise the first job pays the compile inside its time limit, and a job killed mid-build
+    leaves a lock file that hangs every later DeepSpeed start. The jobs resolve `ninja` on the
+    same PATH as this process (slurm/common.sh puts the venv last), so they reuse this build.
+    """
+    env = {**os.environ, 'DS_ACCELERATOR': 'cpu'}
+    code = 'from deepspeed.comm.torch import build_shm_op; build_shm_op()'
+    result = subprocess.run(
+        [sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
 
 @pytest.fixture(scope='module')
 def two_runs(slurm_cluster, tmp_path_factory):
     """Submit both jobs at once (they share the nodes); returns (folder, reference job, time-limited job)."""
     from tests.ctclip.training_data import make_cohort
 
+    _build_deepspeed_ops()
     root = tmp_path_factory.mktemp('train')
     data = make_cohort(root / 'data', n_train=8, n_valid=4)
 

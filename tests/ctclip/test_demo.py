@@ -1,0 +1,81 @@
+"""`ctclip demo --quick` end to end: every artefact exists, AUROC beats chance, a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ctclip.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp('demo')
+    start = time.time()
+    assert main(['demo', '--out', str(out), '--quick']) == 0
+    return out, time.time() - start
+
+
+def test_quick_demo_writes_every_artefact(quick_demo):
+    out, _ = quick_demo
+    expected = [
+        'report.html',
+        'report.md',
+        'metrics.json',
+        'cache/ctrate.h5',
+        'cache/radchestct.h5',
+        'cache/ctrate.qc.png',
+        'labels/labels.csv',
+        'labels/evidence.jsonl',
+        'labels/labels.meta.json',
+        'labels/eval/metrics.json',
+        'labels/eval/f1_per_class.png',
+        'train/stage1/final/model.safetensors',
+        'train/stage1/training_curves.png',
+        'train/stage2/final/model.safetensors',
+        'train/stage2/final/config.json',
+        'train/stage2/training_curves.png',
+        'bench/ct-rate/metrics.json',
+        'bench/ct-rate/roc_curves.png',
+        'bench/ct-rate/auroc_bars.png',
+        'bench/ct-rate/retrieval.png',
+        'bench/rad-chestct/metrics.json',
+        'bench/rad-chestct/roc_curves.png',
+    ]
+    missing = [p for p in expected if not (out / p).is_file() or (out / p).stat().st_size == 0]
+    assert not missing, f'missing or empty demo outputs: {missing}'
+    html = (out / 'report.html').read_text()
+    for png in ('bench/ct-rate/roc_curves.png', 'train/stage2/training_curves.png'):
+        assert f'src="{png}"' in html
+
+
+def test_quick_demo_beats_chance(quick_demo):
+    out, _ = quick_demo
+    metrics = json.loads((out / 'metrics.json').read_text())
+    ctrate = metrics['bench_ct-rate']['headline']['mean AUROC']['value']
+    rad = metrics['bench_rad-chestct']['headline']['mean AUROC']['value']
+    assert ctrate >= 0.65, f'CT-RATE-layout zero-shot AUROC {ctrate:.3f} does not beat chance clearly'
+    assert rad >= 0.6, f'RAD-ChestCT-layout zero-shot AUROC {rad:.3f} does not beat chance clearly'
+    assert metrics['labeler']['macro']['f1'] >= 0.9
+    assert set(metrics['headline']) == {
+        'zero-shot macro AUROC (ct-rate)',
+        'zero-shot macro AUROC (rad-chestct)',
+        'labeler macro F1 vs ground truth',
+    }
+
+
+def test_rerun_resumes_without_redoing_stages(quick_demo, capsys):
+    out, first_seconds = quick_demo
+    before = {p.name: p.stat().st_mtime for p in (out / 'stages').glob('*.json')}
+    start = time.time()
+    assert main(['demo', '--out', str(out), '--quick']) == 0
+    seconds = time.time() - start
+    after = {p.name: p.stat().st_mtime for p in (out / 'stages').glob('*.json')}
+    redone = sorted(n for n in before if after[n] != before[n])
+    assert redone == ['report.json'], f'only the report should be rewritten, not {redone}'
+    assert seconds < max(30.0, first_seconds / 5)
+    assert 'Report:' in capsys.readouterr().out
