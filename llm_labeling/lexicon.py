@@ -93,7 +93,7 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bforeign bod(?:y|ies)\b',
             r'\bfixation material\w*',
             r'\bdevice\w*',
-            r'\bfilter\b',
+            r'\b(?:ivc|vena cava|caval) filter\b|\bfilter (?:in|within) the (?:inferior )?vena cava',
             r'\bcardiac valves?\b(?=.*\b(?:prosthe|replace|operat))',
             r'\b(?:chemo-?port|picc)\b',
             r'\b(?:osteosynthesis|fixation) (?:material|plates?)\w*',
@@ -101,6 +101,11 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\b(?:pacing|pacemaker|pace|defibrillator) leads?\b',
             r'\bannuloplasty\w*|\bvalve ring\b',
             r'\b(?:silicone|mammary) (?:implants?|prosthe\w+)',
+        ),
+        # A catheterization is a procedure, not a device left in the patient.
+        excludes=(
+            r'\bcatheteri[sz]ation\b',
+            r'\b(?:venous|lymphatic|bronchial) (?P<x>drainage)\b(?! (?:catheter|tube))',
         ),
     ),
     'Arterial wall calcification': FindingPatterns(
@@ -116,7 +121,7 @@ LEXICON: dict[str, FindingPatterns] = {
     'Cardiomegaly': FindingPatterns(
         triggers=(
             r'\bcardiomegal\w*',
-            rf'\b{_HEART},? (?:[\w-]+ ){{0,3}}?(?:increased|enlarged|larger|bigger)\b',
+            rf'\b{_HEART},? (?:(?!chamber|cavit|atri|ventric|valv)[\w-]+ ){{0,3}}?(?:increased|enlarged|larger|bigger)\b',
             rf'\b(?:increase\w*|enlargement) (?:in|of) (?:the )?{_HEART}',
             r'\benlarged (?:heart|cardiac)\b|\bcardiac enlargement\b',
             rf'\b(?:{_CTR})\b(?: [\w-]+){{0,5}}? increas\w*',
@@ -184,6 +189,7 @@ LEXICON: dict[str, FindingPatterns] = {
     'Lung opacity': FindingPatterns(
         triggers=(
             r'\bground[- ]glass\w*',
+            r'\b(?:frosted|matte?|icy)[- ]glass\w*|\bicy density',
             r'\bopacit\w+',
             r'\binfiltrat\w+',
             rf'\b(?:{_LUNG_PLACE})\b[^.;]*?(?P<t>{_DENSITY_UP})',
@@ -228,6 +234,7 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\b(?:bilateral|right|left)\s+(?:\w+\s+)?effusion\w*',
             r'\beffusion\w*\b(?![^.;]*\bpericard)',
             r'\bpleural effusion-thickening\b',
+            r'\bfluid\b(?= (?:\w+ ){0,3}(?:in|within|into) the (?:\w+ )?pleural (?:space|cavity))',
         ),
         excludes=(
             r'\bpericard\w*\b[^.;]*?(?P<x>effusion|fluid)',
@@ -281,6 +288,7 @@ NEGATION_PRE: tuple[str, ...] = (
     r'\bnor\b',
     r'\babsence of\b',
     r'\bfree of\b',
+    r'\b(?:after|following|status post) (?:the )?removal of\b',
     r'\bnegative for\b',
 )
 NEGATION_POST: tuple[str, ...] = (
@@ -289,6 +297,7 @@ NEGATION_POST: tuple[str, ...] = (
     r'\b(?:is|are|was|were)\s+(?:within\s+|of\s+)?normal(?:\s+limits)?\b',
     r'\bnone\b',
     r'\b(?:or|is|are|was|were) absent\b',
+    r'\bremoval\b',
     r'\s-\s+no (?:thickening|effusion) (?:was|were|is|are) (?:detected|observed|seen)\b',
 )
 # Cues that negate every trigger before them in the clause, across relative clauses such as
@@ -296,7 +305,9 @@ NEGATION_POST: tuple[str, ...] = (
 NEGATION_POST_STRONG: tuple[str, ...] = (
     r'\bnot (?:be )?(?:detected|observed|seen|visualized|identified) in (?:the|this) (?:current|present|last|recent)?\s*'
     r'(?:examination|study|scan|ct)',
-    r'\b(?:was|were|has been|have been) removed\b',
+    r'\b(?:was|were|has been|have been) (?:removed|taken out|extracted)\b',
+    r'\b(?:previous|prior) (?:examination|study|scan|ct)\w*,? (?:is|are|was|were|has|have)(?: been)? not'
+    r' (?:observed|detected|seen|visualized)\b',
     r'\b(?:completely|totally|fully) regressed\b',
     r'\bfull regression\b',
     r'\bdisappeared\b',

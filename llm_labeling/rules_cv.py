@@ -8,6 +8,7 @@ set has duplicate reports under different ids); `heldout-unique` drops them. Run
 
     python -m llm_labeling.rules_cv --split heldout
     python -m llm_labeling.rules_cv --split dev --errors 'Lung opacity'
+    python -m llm_labeling.rules_cv --split dev --consistency
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import csv
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,6 +179,46 @@ def _print_errors(reports: Sequence[ManualReport], annotations: list, finding: s
         print(f'--- {kind} {report.accession} {quotes}\n{report.text}\n')
 
 
+def label_consistency(reports: Sequence[ManualReport], annotations: list) -> dict:
+    """How often the manual labels disagree for the same deciding sentence.
+
+    Reports whose finding is decided by exactly one non-negated clause are grouped by that clause
+    (lower-cased, punctuation folded); a group of two or more reports with both labels is a place
+    where no rule can be right every time. The minority count bounds what dev tuning can still gain.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for report, ann in zip(reports, annotations, strict=True):
+        for name in FINDINGS:
+            quotes = {
+                re.sub(r'\W+', ' ', e.quote.lower()).strip()
+                for e in ann.findings
+                if e.finding == name and e.status.value != 'absent'
+            }
+            if len(quotes) == 1:
+                groups.setdefault((name, quotes.pop()), []).append(report.labels[name])
+    repeated = {k: v for k, v in groups.items() if len(v) > 1}
+    mixed = {k: v for k, v in repeated.items() if len(set(v)) > 1}
+    return {
+        'groups': len(repeated),
+        'reports': sum(len(v) for v in repeated.values()),
+        'mixed_groups': len(mixed),
+        'minority_labels': sum(min(v.count(0), v.count(1)) for v in mixed.values()),
+        'mixed': [
+            {'finding': k[0], 'quote': k[1], 'n': len(v), 'positive': sum(v)}
+            for k, v in sorted(mixed.items(), key=lambda kv: -len(kv[1]))
+        ],
+    }
+
+
+def _print_consistency(result: dict) -> None:
+    print(
+        f'{result["reports"]} reports in {result["groups"]} groups share a deciding sentence; '
+        f'{result["mixed_groups"]} groups carry both labels ({result["minority_labels"]} minority labels)'
+    )
+    for item in result['mixed']:
+        print(f'  {item["finding"]}: {item["positive"]}/{item["n"]} positive :: {item["quote"]}')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m llm_labeling.rules_cv', description=__doc__)
     parser.add_argument(
@@ -184,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument('--split', choices=SPLITS, default='heldout')
     parser.add_argument('--errors', metavar='FINDING', help='print the misclassified dev reports')
+    parser.add_argument(
+        '--consistency',
+        action='store_true',
+        help='print dev sentences the manual labels mark both ways',
+    )
     parser.add_argument('--json', type=Path, help='also write the scores here')
     parser.add_argument(
         '--bootstrap', type=int, default=1000, help='resamples for the macro CI (0: none)'
@@ -192,12 +239,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.errors and args.split != 'dev':
         parser.error('--errors is only allowed with --split dev (held-out reports stay unseen)')
+    if args.consistency and args.split != 'dev':
+        parser.error(
+            '--consistency is only allowed with --split dev (held-out reports stay unseen)'
+        )
     if args.errors and args.errors not in FINDINGS:
         parser.error(f'--errors must be one of {list(FINDINGS)}, not {args.errors!r}')
     reports = load_manual(args.manual, args.split)
     result, annotations = evaluate(reports, bootstrap=args.bootstrap)
     if args.errors:
         _print_errors(reports, annotations, args.errors)
+    if args.consistency:
+        _print_consistency(label_consistency(reports, annotations))
     print(f'split={args.split} n={len(reports)} uncertain_as={UNCERTAIN_AS}')
     print(markdown_table(result))
     if args.json:

@@ -32,6 +32,7 @@ _ctclip_defaults() {
   : "${CTCLIP_LLM_SERVER_CMD:=}"
   : "${CTCLIP_LLM_READY_TIMEOUT:=900}"
   : "${CTCLIP_ENV_SETUP:=}"
+  : "${CTCLIP_RESIGNAL_S:=10}"
 }
 
 ctclip_load_site() {
@@ -132,7 +133,6 @@ ctclip_setup() {
 CTCLIP_STOP_REQUESTED=0
 CTCLIP_STEP_PID=
 CTCLIP_STOP_SIGNAL=${CTCLIP_STOP_SIGNAL:-USR1}
-CTCLIP_RESIGNAL_S=${CTCLIP_RESIGNAL_S:-10}
 
 _ctclip_on_usr1() {
   ctclip_log "USR1: time limit or preemption ahead; asking the step to checkpoint and exit"

@@ -44,6 +44,9 @@ CTCLIP_ENV_SETUP=${CTCLIP_ENV_SETUP:-}
 # ---- job behaviour ----
 CTCLIP_LAUNCHER=${CTCLIP_LAUNCHER:-torchrun}    # training launcher: torchrun (c10d) or deepspeed
 CTCLIP_PORT_BASE=${CTCLIP_PORT_BASE:-15000}     # ports are CTCLIP_PORT_BASE + (job id % 5000) * 3 + k
+# After the time-limit warning, USR1 is re-sent this often until the workers have stopped (a worker
+# still starting up ignores it)
+CTCLIP_RESIGNAL_S=${CTCLIP_RESIGNAL_S:-10}
 # The OpenAI-compatible server that label.sbatch starts on its node when no --base-url is given.
 # {port} and {host} are filled in; the server must answer GET http://{host}:{port}/v1/models.
 # example: 'vllm serve Qwen/Qwen2.5-7B-Instruct --host {host} --port {port} --served-model-name local'

@@ -19,6 +19,7 @@ AREAS: dict[str, str] = {
     'train': 'benchmarks.perf.bench_train',
     'scoring': 'benchmarks.perf.bench_scoring',
     'synth': 'benchmarks.perf.bench_synth',
+    'models': 'benchmarks.perf.bench_models',
 }
 RESULTS = Path(__file__).with_name('RESULTS.md')
 GPU_SECTION_MARK = '<!-- gpu -->'

@@ -76,9 +76,12 @@ def term_enabled(loss_cfg: Mapping, name: str) -> bool:
 
 
 def model_inputs(
-    batch: Mapping, loss_cfg: Mapping, device: torch.device
+    batch: Mapping, loss_cfg: Mapping, device: torch.device, image_dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """Only the towers a stage's loss needs run (stage 1 never touches the text tower)."""
+    """Only the towers a stage's loss needs run (stage 1 never touches the text tower).
+
+    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match.
+    """
     keys = ['image']
     bce = loss_cfg.get('bce')
     if any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or (
@@ -87,7 +90,10 @@ def model_inputs(
         keys += ['input_ids', 'attention_mask']
     if term_enabled(loss_cfg, 'evidence'):
         keys += ['evidence_input_ids', 'evidence_attention_mask']
-    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+    out = {k: batch[k].to(device, non_blocking=True) for k in keys}
+    if image_dtype is not None:
+        out['image'] = out['image'].to(image_dtype)
+    return out
 
 
 def to_device(batch: Mapping, device: torch.device) -> dict[str, Any]:
@@ -196,6 +202,11 @@ def lift_scalar_parameters(model: torch.nn.Module) -> tuple[str, ...]:
 
 def uses_autocast(ds_json: Mapping) -> bool:
     return bool(ds_json.get('torch_autocast', {}).get('enabled'))
+
+
+def weight_dtype(ds_json: Mapping) -> torch.dtype | None:
+    """bf16 when DeepSpeed keeps bf16 weights (its `bf16` mode), else None (fp32 weights)."""
+    return torch.bfloat16 if ds_json.get('bf16', {}).get('enabled') else None
 
 
 def reseed(seed: int, step: int, micro: int, rank: int) -> None:

@@ -60,13 +60,19 @@ def _templates(name_or_pairs: Any) -> Any:
 
 @torch.no_grad()
 def _embed(
-    module: Any, dataset: Any, rows: Sequence[int], batch_size: int, autocast: bool
+    module: Any, dataset: Any, rows: Sequence[int], batch_size: int, autocast: bool, n_batches: int
 ) -> dict[str, np.ndarray]:
+    """Every rank runs `n_batches` forwards (ZeRO-3 gathers parameters collectively per forward);
+    a rank whose shard is shorter repeats a row and drops the result."""
     feats, logits, index = [], [], []
-    for start in range(0, len(rows), batch_size):
-        batch = collate([dataset[int(i)] for i in rows[start : start + batch_size]])
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+    for b in range(n_batches):
+        chunk = rows[b * batch_size : (b + 1) * batch_size]
+        batch = collate([dataset[int(i)] for i in (chunk if len(chunk) else [0])])
+        device_type = 'cuda' if torch.cuda.is_available() else 'cpu'
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             out = module(image=batch['image'].to(_device(module)))
+        if not len(chunk):
+            continue
         feats.append(out['image_features'].float().cpu().numpy())
         if out.get('image_logits') is not None:
             logits.append(out['image_logits'].float().cpu().numpy())
@@ -111,7 +117,9 @@ def evaluate(
     was_training = module.training
     module.eval()
     try:
-        part = _embed(module, dataset, shard(len(dataset), rank, world_size), batch_size, autocast)
+        longest = -(-len(dataset) // world_size)
+        rows = shard(len(dataset), rank, world_size)
+        part = _embed(module, dataset, rows, batch_size, autocast, -(-longest // batch_size))
         parts = [p for p in _gather(part) if len(p['index'])]
         features = np.concatenate([p['features'] for p in parts])
         index = np.concatenate([p['index'] for p in parts])

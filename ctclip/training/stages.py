@@ -61,14 +61,19 @@ def predict_labels(
 ) -> np.ndarray:
     """sigmoid(image_logits) of the centre crops of `rows` of a training dataset."""
     was_training, train_flag = model.training, dataset.train
-    model.eval()
+    device = (
+        torch.device('cuda', torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device('cpu')
+    )
+    model.to(device).eval()  # DeepSpeed moves it to the same device afterwards
     dataset.train = False  # centre crops, no augmentation
     out = []
     try:
         for start in range(0, len(rows), batch_size):
             batch = collate([dataset[int(i)] for i in rows[start : start + batch_size]])
-            logits = model(image=batch['image'])['image_logits']
-            out.append(torch.sigmoid(logits.float()).numpy())
+            logits = model(image=batch['image'].to(device))['image_logits']
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
     finally:
         dataset.train = train_flag
         model.train(was_training)

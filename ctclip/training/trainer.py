@@ -83,6 +83,7 @@ class Trainer:
 
         ds_json = eng.deepspeed_config(self.cfg, self.world)
         self.autocast = eng.uses_autocast(ds_json)
+        self.image_dtype = eng.weight_dtype(ds_json)
         sched = self.cfg['schedule']
         factor = eng.lr_lambda(
             int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio'])
@@ -134,7 +135,7 @@ class Trainer:
     def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
         eng.reseed(self.seed, step, micro, self.rank)
         device = self.engine.device
-        outputs = self.engine(**eng.model_inputs(batch, self.cfg['loss'], device))
+        outputs = self.engine(**eng.model_inputs(batch, self.cfg['loss'], device, self.image_dtype))
         losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))
         self.engine.backward(losses['loss'])
         self.engine.step()
@@ -236,7 +237,7 @@ class Trainer:
             self.world,
             int(self.cfg['train']['eval_batch_size']),
             self.cfg['train']['zero_shot_templates'],
-            self.autocast,
+            self.autocast or self.image_dtype is not None,
         )
 
 

@@ -176,3 +176,19 @@ def test_classify_volume_from_a_nifti_file(model, recipe, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     with pytest.raises(ValueError, match='3D'):
         classify_volume(model, np.zeros((4, 4)), recipe=recipe)
+
+
+def test_classify_volume_uses_the_recipe_saved_with_the_model(model, cache_path, recipe, tmp_path):
+    from preprocessing.cache import open_cache
+
+    model.config['recipe'] = recipe.to_dict()
+    try:
+        model.save_pretrained(tmp_path / 'with-recipe')
+    finally:
+        del model.config['recipe']
+    reloaded = load_model(tmp_path / 'with-recipe')
+    assert reloaded.config['recipe']['train_crop_zyx'] == list(CROP)
+    hu = open_cache(cache_path).read(IDS[1]).array
+    assert classify_volume(reloaded, hu) == pytest.approx(
+        classify_volume(model, hu, recipe=recipe), rel=1e-5
+    )

@@ -432,3 +432,35 @@ def test_real_manual_reports_heldout(tmp_path):
 
 HELDOUT_MACRO_FLOOR = 0.94
 HELDOUT_CLASS_FLOOR = 0.78
+
+
+def test_label_consistency_counts_mixed_groups(labeler):
+    """Same deciding sentence with both labels is counted; a negated or unique one is not."""
+    empty = dict.fromkeys(FINDINGS, 0)
+    rows = [
+        ('a', 'Emphysematous changes in both lungs.', 1),
+        ('b', 'Emphysematous changes in both lungs.', 1),
+        ('c', 'Emphysematous changes in both lungs!', 0),
+        ('d', 'No emphysema.', 0),
+        ('e', 'No emphysema.', 0),
+        ('f', 'Bullae in the right apex.', 1),
+    ]
+    reports = [rules_cv.ManualReport(a, t, empty | {'Emphysema': y}) for a, t, y in rows]
+    annotations = labeler.annotate_many((r.accession, r.text) for r in reports)
+    result = rules_cv.label_consistency(reports, annotations)
+    assert (result['groups'], result['reports'], result['mixed_groups']) == (1, 3, 1)
+    assert result['minority_labels'] == 1
+    assert result['mixed'] == [
+        {
+            'finding': 'Emphysema',
+            'quote': 'emphysematous changes in both lungs',
+            'n': 3,
+            'positive': 2,
+        }
+    ]
+
+
+def test_consistency_only_for_dev(capsys):
+    with pytest.raises(SystemExit):
+        rules_cv.main(['--split', 'heldout', '--consistency'])
+    assert '--consistency is only allowed with --split dev' in capsys.readouterr().err

@@ -194,6 +194,12 @@ def slurm_log_tail(lines: int = 15) -> str:
     return '\n'.join(parts)
 
 
-def make_eligible_now(job_id: str) -> None:
-    """Skip Slurm's ~2-minute hold on a requeued job (it waits for the old job credential to expire)."""
-    _run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], timeout=30)
+def make_eligible_now(job_id: str, time_limit_min: int | None = None) -> None:
+    """Skip Slurm's ~2-minute hold on a requeued job (it waits for the old job credential to expire).
+
+    With `time_limit_min` the requeued run also gets a new limit (so a test's short first limit
+    does not interrupt it again).
+    """
+    limit = [f'TimeLimit={time_limit_min}'] if time_limit_min else []
+    result = _run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now', *limit], timeout=30)
+    assert result.returncode == 0, result.stderr

@@ -26,7 +26,7 @@ from tests.slurm.conftest import (
     wait_for,
 )
 
-STEPS = 50
+STEPS = 200  # the first run must still be training when the warning comes, 0-30 s after its start
 
 pytestmark = pytest.mark.slurm
 
@@ -61,7 +61,7 @@ def two_runs(slurm_cluster, tmp_path_factory):
             f'data.cache={data["cache"]}', f'data.labels={data["labels"]}', f'data.reports={data["reports"]}',
             f'data.evidence={data["evidence"]}', f'train.output_dir={out}', f'train.steps={STEPS}',
             'model.name=resnet3d-tiny-tinybert', 'train.pseudo_labels=false', 'data.batch_size=2',
-            'data.num_workers=0', 'train.log_every=1', 'train.ckpt_every=20', 'train.eval_every=0',
+            'data.num_workers=0', 'train.log_every=1', 'train.ckpt_every=100', 'train.eval_every=0',
             'train.progress=false',
         ]  # fmt: skip
 
@@ -112,7 +112,7 @@ def test_time_limit_checkpoints_requeues_and_resumes_exactly(two_runs):
         300,
         'the job to checkpoint on the time-limit signal and requeue itself',
     )
-    make_eligible_now(limited.id)
+    make_eligible_now(limited.id, time_limit_min=10)
     assert_completed(limited, wait_done(limited, timeout=500))
     log = limited.logs()
     assert 'USR1: time limit or preemption ahead' in log and 'requeueing job' in log, log
