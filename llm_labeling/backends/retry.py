@@ -129,6 +129,7 @@ async def with_retries(
         except Exception as exc:  # sorted below; unknown errors are not retried
             spent.add(exception_usage(exc))
             retryable, reason, retry_after = classify(exc)
+            reason = ' '.join(reason.split())  # one line in failures.csv and in the log
             if not retryable or number == policy.max_retries:
                 raise LabelingFailed(reason, spent, number + 1) from exc
             wait = policy.delay(number, retry_after)

