@@ -213,3 +213,18 @@ def test_bad_settings_fail_before_training(cohort, tmp_path):
         train(config(cohort, tmp_path, deepspeed={'config': 'zero9'}))
     with pytest.raises(ValueError, match='cannot fill one global batch'):
         train(config(cohort, tmp_path, data={'batch_size': 64}))
+
+
+def test_cli_stops_with_status_0_and_the_rerun_finishes(cohort, tmp_path, capsys):
+    import yaml
+
+    from ctclip.cli import main
+
+    cfg = config(cohort, tmp_path / 'run', train={'steps': 3})
+    (tmp_path / 'run.yaml').write_text(yaml.safe_dump(cfg))
+    argv = ['train', '--config', str(tmp_path / 'run.yaml'), '--local_rank=0']
+    assert main([*argv, 'train.stop_after=2']) == 0
+    assert 'Checkpointed at step 2' in capsys.readouterr().out
+    assert main(argv) == 0
+    assert (tmp_path / 'run' / 'final' / 'model.safetensors').exists()
+    assert [s for s, _ in losses(tmp_path / 'run')] == [1, 2, 3]
