@@ -56,7 +56,7 @@ def load_labels(path: str | Path) -> Table:
 
     Only the FINDINGS columns present are kept, in FINDINGS order; extra columns are ignored.
     """
-    with open(path, newline='') as f:
+    with open(path, encoding='utf-8', newline='') as f:
         header = next(csv.reader(f), [])
     present = [c for c in FINDINGS if c in header]
     if not present:
@@ -74,7 +74,7 @@ def read_labels(path: str | Path) -> Table:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'Labels file {str(path)!r} does not exist')
-    with path.open(newline='') as f:
+    with path.open(newline='', encoding='utf-8') as f:
         header = next(csv.reader(f), [])
     if set(FINDINGS) & set(header):
         return load_labels(path)
@@ -92,7 +92,7 @@ def load_reports(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'Reports file {str(path)!r} does not exist')
-    with path.open(newline='') as f:
+    with path.open(newline='', encoding='utf-8') as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if not fields:
@@ -119,4 +119,4 @@ def load_no_chest(path: str | Path) -> set[str]:
     path = Path(path)
     if not path.is_file():
         return set()
-    return {normalise_id(line) for line in path.read_text().split() if line.strip()}
+    return {normalise_id(line) for line in path.read_text(encoding='utf-8').split() if line.strip()}

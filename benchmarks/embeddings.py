@@ -50,7 +50,7 @@ class EmbeddingStore:
         if not (meta.is_file() and data.is_file()):
             return None
         try:
-            info = json.loads(meta.read_text())
+            info = json.loads(meta.read_text(encoding='utf-8'))
             array = np.load(data)
         except (OSError, ValueError):
             return None
@@ -86,7 +86,7 @@ class EmbeddingStore:
                 _save_npy(array, self.folder / f'part_{k:05d}.npy')
                 meta = {'fingerprint': self.fingerprint, 'ids': chunk}
                 tmp = self.folder / f'.part_{k:05d}.json.tmp'
-                tmp.write_text(json.dumps(meta))
+                tmp.write_text(json.dumps(meta), encoding='utf-8')
                 os.replace(tmp, self.folder / f'part_{k:05d}.json')
             else:
                 reused += 1

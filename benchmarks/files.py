@@ -76,7 +76,11 @@ def retrieval_files(cfg: dict) -> dict:
     text = load_matrix(cfg['text_emb'], 'text embeddings') if cfg.get('text_emb') else None
     labels = ctrate.load_labels(cfg['labels']) if cfg.get('labels') else None
     if cfg.get('ids'):
-        ids = [line.strip() for line in Path(cfg['ids']).read_text().splitlines() if line.strip()]
+        ids = [
+            line.strip()
+            for line in Path(cfg['ids']).read_text(encoding='utf-8').splitlines()
+            if line.strip()
+        ]
     elif labels is not None:
         ids = labels.ids
     else:

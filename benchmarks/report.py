@@ -84,13 +84,15 @@ def _clean_nan(value: Any) -> Any:
 
 def write_json(data: dict, path: Path) -> None:
     tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(_clean_nan(data), indent=2, default=_json_default) + '\n')
+    tmp.write_text(
+        json.dumps(_clean_nan(data), indent=2, default=_json_default) + '\n', encoding='utf-8'
+    )
     os.replace(tmp, path)
 
 
 def _write_text(text: str, path: Path) -> None:
     tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
+    tmp.write_text(text, encoding='utf-8')
     os.replace(tmp, path)
 
 

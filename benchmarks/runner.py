@@ -248,7 +248,7 @@ def _limited(cfg: dict) -> ScoringOptions:
 def _save_embeddings_for_rescoring(cfg: dict, ids: list[str], image_emb: np.ndarray) -> None:
     out = Path(cfg['out'])
     np.save(out / 'image_emb.npy', image_emb)
-    (out / 'ids.txt').write_text('\n'.join(ids) + '\n')
+    (out / 'ids.txt').write_text('\n'.join(ids) + '\n', encoding='utf-8')
 
 
 def run_radchestct(cfg: dict) -> dict:

@@ -109,7 +109,7 @@ def read_table(
     path = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f'Table {path!r} does not exist')
-    with open(path, newline='') as f:
+    with open(path, encoding='utf-8', newline='') as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
@@ -142,7 +142,7 @@ def write_table(table: Table, path: str | os.PathLike, id_column: str = 'VolumeN
     """Write atomically (temp file in the same folder, then os.replace)."""
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp')
-    with tmp.open('w', newline='') as f:
+    with tmp.open('w', newline='', encoding='utf-8') as f:
         writer = csv.writer(f)
         writer.writerow([id_column, *table.columns])
         for i, row in zip(table.ids, table.values, strict=True):

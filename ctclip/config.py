@@ -74,7 +74,7 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'Config file {str(path)!r} does not exist')
-    with path.open() as f:
+    with path.open(encoding='utf-8') as f:
         cfg = yaml.safe_load(f) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f'Config file {str(path)!r} must hold a mapping, not {type(cfg).__name__}')
@@ -123,7 +123,7 @@ def resolve(
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding='utf-8')
 
 
 def configs_dir() -> Path:

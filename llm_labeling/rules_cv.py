@@ -256,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         tmp = args.json.with_name(args.json.name + '.tmp')
         tmp.write_text(
-            json.dumps({'split': args.split, 'uncertain_as': UNCERTAIN_AS, **result}, indent=2)
+            json.dumps({'split': args.split, 'uncertain_as': UNCERTAIN_AS, **result}, indent=2),
+            encoding='utf-8',
         )
         tmp.replace(args.json)
     if args.plot:

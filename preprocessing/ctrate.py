@@ -195,7 +195,7 @@ def read_metadata(paths: list[str | Path]) -> dict[str, dict[str, str]]:
     """VolumeName -> metadata row, over one or more CT-RATE metadata CSVs."""
     rows: dict[str, dict[str, str]] = {}
     for path in paths:
-        with open(path, newline='') as f:
+        with open(path, encoding='utf-8', newline='') as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or 'VolumeName' not in reader.fieldnames:
                 raise ValueError(

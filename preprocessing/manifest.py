@@ -52,7 +52,9 @@ def _ctrate_root(folder: Path) -> Path | None:
 def _no_chest(root: Path) -> set[str]:
     names: set[str] = set()
     for path in list(root.glob('no_chest_*.txt')) + list(root.parent.glob('no_chest_*.txt')):
-        names.update(line.strip() for line in path.read_text().splitlines() if line.strip())
+        names.update(
+            line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()
+        )
     return names
 
 
@@ -197,7 +199,7 @@ def check_unique(rows: list[dict[str, Any]]) -> None:
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
-    with path.open(newline='') as f:
+    with path.open(newline='', encoding='utf-8') as f:
         reader = csv.DictReader(f)
         missing = {'volume_id', 'path'} - set(reader.fieldnames or [])
         if missing:
@@ -228,7 +230,7 @@ def write_manifest(rows: list[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     columns = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with tmp.open('w', newline='') as f:
+    with tmp.open('w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:

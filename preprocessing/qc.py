@@ -130,7 +130,7 @@ def write_qc(cache_path: str | Path, json_path: str, png_path: str, samples: int
             'per_volume': per_volume,
         }
         tmp = f'{json_path}.tmp{os.getpid()}'
-        Path(tmp).write_text(json.dumps(report, indent=1) + '\n')
+        Path(tmp).write_text(json.dumps(report, indent=1) + '\n', encoding='utf-8')
         os.replace(tmp, json_path)
         if not picked or samples <= 0:
             return False

@@ -303,7 +303,7 @@ def radchest_spacing(
     for folder in (path.parent, path.parent.parent):
         meta = folder / 'spacing.json'
         if meta.is_file():
-            data = json.loads(meta.read_text())
+            data = json.loads(meta.read_text(encoding='utf-8'))
             value = (
                 data.get('spacing_zyx', data.get('spacing', data))
                 if isinstance(data, dict)

@@ -28,14 +28,14 @@ def report_paths(out: Path) -> dict[str, str]:
 def _atomic_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(text)
+    tmp.write_text(text, encoding='utf-8')
     os.replace(tmp, path)
 
 
 def write_failures(paths: dict[str, str], failures: list[dict[str, Any]]) -> None:
     rows = [{k: str(f.get(k, '')) for k in FAILURE_COLUMNS} for f in failures]
     tmp = Path(paths['failures_csv'] + f'.tmp{os.getpid()}')
-    with tmp.open('w', newline='') as f:
+    with tmp.open('w', encoding='utf-8', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=FAILURE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print('\n' + table)
     if not args.no_write and not args.quick:
         gpu = ''
-        if RESULTS.exists() and GPU_SECTION_MARK in RESULTS.read_text():
-            gpu = RESULTS.read_text().split(GPU_SECTION_MARK, 1)[1]
+        if RESULTS.exists() and GPU_SECTION_MARK in RESULTS.read_text(encoding='utf-8'):
+            gpu = RESULTS.read_text(encoding='utf-8').split(GPU_SECTION_MARK, 1)[1]
         text = (
             '# Performance results\n\n'
             'Rewritten by `python -m benchmarks.perf` (or `make perf`). Each row compares our code\n'
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f'\nFailed areas: {", ".join(failed)}\n' if failed else '')
             + f'\n{GPU_SECTION_MARK}{gpu or chr(10) + "## GPU" + chr(10) + chr(10) + "Not measured yet." + chr(10)}'
         )
-        RESULTS.write_text(text)
+        RESULTS.write_text(text, encoding='utf-8')
         print(f'wrote {RESULTS}')
     return 1 if failed else 0
 

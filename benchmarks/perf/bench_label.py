@@ -31,7 +31,7 @@ def _serve(latency: float, port_queue, stop_event) -> None:
 
 def _write_reports(path: Path, n: int) -> None:
     """Distinct texts (identical ones would be deduplicated and never reach the server)."""
-    with path.open('w', newline='') as f:
+    with path.open('w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['VolumeName', 'Findings_EN', 'Impressions_EN'])
         for i in range(n):

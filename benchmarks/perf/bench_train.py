@@ -37,11 +37,11 @@ def _write_cohort(root: Path, n: int, shape: tuple[int, int, int]) -> dict[str, 
                 volume,
                 {'patient_id': f'p{i}', 'split': 'train', 'spacing_zyx': list(recipe.spacing_zyx)},
             )
-    with (root / 'labels.csv').open('w', newline='') as f:
+    with (root / 'labels.csv').open('w', newline='', encoding='utf-8') as f:
         w = csv.writer(f)
         w.writerow(['report_id', *FINDINGS])
         w.writerows([f'train_{i}_a_1', *labels[i]] for i in range(n))
-    with (root / 'reports.csv').open('w', newline='') as f:
+    with (root / 'reports.csv').open('w', newline='', encoding='utf-8') as f:
         w = csv.writer(f)
         w.writerow(['VolumeName', 'Findings_EN', 'Impressions_EN'])
         for i in range(n):

@@ -57,7 +57,7 @@ def peak_rss_mib(children: bool = False) -> float:
 def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        with open('/proc/cpuinfo') as f:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
             for line in f:
                 if line.startswith('model name'):
                     cpu = line.split(':', 1)[1].strip()

@@ -164,7 +164,7 @@ class Ablation:
             ],
             f'ablation bench {out.name}',
         )
-        metrics = json.loads((out / 'metrics.json').read_text())
+        metrics = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
         return float(metrics['classification']['macro']['auroc']['value'])
 
     def run_seed(self, seed: int) -> dict[str, float]:
@@ -281,7 +281,7 @@ def run_ablation(cfg: dict, seeds: int = 3) -> dict:
         ablation.out / 'ablation.json',
         {'rows': rows, 'seeds': ablation.seeds, 'epochs': [STAGE1_EPOCHS, STAGE2_EPOCHS]},
     )
-    (ablation.out / 'ablation.md').write_text(f'# Ablation\n\n{table}\n')
+    (ablation.out / 'ablation.md').write_text(f'# Ablation\n\n{table}\n', encoding='utf-8')
     plot(rows, ablation.out / 'ablation.png')
     print(table)
     return {'table': str(ablation.out / 'ablation.md'), 'rows': rows}

@@ -62,10 +62,10 @@ def _concat_csv(sources: list[Path], target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix('.tmp')
     header: list[str] | None = None
-    with tmp.open('w', newline='') as out:
+    with tmp.open('w', newline='', encoding='utf-8') as out:
         writer = None
         for src in sources:
-            with src.open(newline='') as f:
+            with src.open(newline='', encoding='utf-8') as f:
                 reader = csv.reader(f)
                 head = next(reader)
                 if header is None:

@@ -25,7 +25,7 @@ _logger = logging.getLogger(__name__)
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding='utf-8')
     os.replace(tmp, path)
 
 
@@ -62,7 +62,7 @@ class Pipeline:
         path = self.marker(stage)
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding='utf-8'))
         if data.get('settings_hash') != settings_hash(stage.settings):
             _logger.info('stage %s ran with other settings before: running it again', stage.name)
             return None
@@ -106,5 +106,5 @@ class Pipeline:
         for stage in self.stages:
             path = self.marker(stage)
             if path.exists():
-                out[stage.name] = json.loads(path.read_text()).get('seconds', 0.0)
+                out[stage.name] = json.loads(path.read_text(encoding='utf-8')).get('seconds', 0.0)
         return out

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 
 
 def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(path.read_text(encoding='utf-8')) if path.exists() else None
 
 
 def _last_validation(metrics_jsonl: Path) -> dict:
     """The last validation record of a training run (zero-shot or head AUROC)."""
     last: dict = {}
     if metrics_jsonl.exists():
-        for line in metrics_jsonl.read_text().splitlines():
+        for line in metrics_jsonl.read_text(encoding='utf-8').splitlines():
             record = json.loads(line)
             if any(k.startswith('val/') for k in record):
                 last = record
@@ -80,7 +80,7 @@ def collect(demo: Demo) -> dict:
             metrics[f'cache_{name}'] = summary
     timings = {}
     for marker in sorted((out / 'stages').glob('*.json')):
-        timings[marker.stem] = json.loads(marker.read_text()).get('seconds')
+        timings[marker.stem] = json.loads(marker.read_text(encoding='utf-8')).get('seconds')
     metrics['stage_seconds'] = timings
     metrics['headline'] = headline(metrics)
     return metrics
@@ -204,7 +204,7 @@ def write_demo_report(demo: Demo) -> dict:
     markdown = render_markdown(demo, metrics)
     for name, text in (('report.md', markdown), ('report.html', render_html(markdown))):
         tmp = demo.out / f'.{name}.tmp'
-        tmp.write_text(text)
+        tmp.write_text(text, encoding='utf-8')
         tmp.replace(demo.out / name)
     return {
         'report_html': str(demo.out / 'report.html'),

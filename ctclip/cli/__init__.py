@@ -30,7 +30,9 @@ def _verb_module(verb: str) -> ModuleType:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--config', help='YAML config file; later flags and key=value overrides win')
+    parser.add_argument(
+        '--config', help='YAML config file; later flags and key=value overrides win'
+    )
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
 
 

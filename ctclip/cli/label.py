@@ -76,7 +76,7 @@ def _run_label(args: argparse.Namespace, overrides: list[str]) -> int:
         out = label_reports(cfg)
     except (ValueError, FileNotFoundError, FatalBackendError) as e:
         raise SystemExit(f'ctclip label: {e}') from None
-    meta = json.loads((out / 'labels.meta.json').read_text())
+    meta = json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))
     counts = meta['counts']
     print(
         f'{counts["reports"]} reports ({counts["unique_texts"]} distinct texts, '

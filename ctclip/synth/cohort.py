@@ -110,7 +110,9 @@ def generate_cohort(
             for _ in pool.imap_unordered(_run_job, jobs):
                 bar.update()
     bar.close()
-    records = [json.loads((parts / f'{t.scan_name}.json').read_text()) for t in tasks]
+    records = [
+        json.loads((parts / f'{t.scan_name}.json').read_text(encoding='utf-8')) for t in tasks
+    ]
     if layout == 'ct-rate':
         _assemble_ctrate(out, records)
     else:
@@ -125,7 +127,7 @@ def _prepare(out: Path, settings: dict) -> Path:
     parts = state / 'parts'
     stamp = state / 'settings.json'
     if stamp.is_file():
-        old = json.loads(stamp.read_text())
+        old = json.loads(stamp.read_text(encoding='utf-8'))
         if old != settings:
             raise ValueError(
                 f'{out} holds a cohort made with {old}, not {settings}; use another --out'
@@ -133,7 +135,7 @@ def _prepare(out: Path, settings: dict) -> Path:
     parts.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
         with layouts.atomic_path(stamp) as tmp:
-            tmp.write_text(json.dumps(settings))
+            tmp.write_text(json.dumps(settings), encoding='utf-8')
     return parts
 
 
@@ -151,7 +153,7 @@ def _run_job(job: tuple[ScanTask, str]) -> None:
     record = build_scan(task, Path(out))
     path = Path(out) / '.synth' / 'parts' / f'{task.scan_name}.json'
     with layouts.atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(json.dumps(record), encoding='utf-8')
 
 
 def build_scan(task: ScanTask, out: Path) -> dict:
@@ -274,7 +276,7 @@ def _assemble_ctrate(out: Path, records: list[dict]) -> None:
 
 
 def _write_truth(out: Path, records: list[dict]) -> None:
-    with layouts.atomic_path(out / 'truth.jsonl') as tmp, tmp.open('w') as f:
+    with layouts.atomic_path(out / 'truth.jsonl') as tmp, tmp.open('w', encoding='utf-8') as f:
         for r in records:
             for line in r['truth']:
                 f.write(json.dumps(line) + '\n')

@@ -36,7 +36,7 @@ def finding_gallery(
     import matplotlib.pyplot as plt
 
     root = Path(root)
-    lines = [json.loads(x) for x in (root / 'truth.jsonl').read_text().splitlines()]
+    lines = [json.loads(x) for x in (root / 'truth.jsonl').read_text(encoding='utf-8').splitlines()]
     fig, axes = plt.subplots(3, 6, figsize=(24, 12.5))
     for ax, name in zip(axes.flat, FINDINGS, strict=False):
         ax.axis('off')

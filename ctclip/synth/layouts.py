@@ -98,7 +98,7 @@ def atomic_path(path: Path, suffix: str = ''):
 
 
 def write_csv(path: Path, columns: tuple[str, ...] | list[str], rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, tmp.open('w', newline='') as f:
+    with atomic_path(path) as tmp, tmp.open('w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)

@@ -198,5 +198,6 @@ def assemble(out: Path, records: list[dict], small: bool) -> None:
     spacing = SMALL_SPACING if small else FULL_SPACING
     with layouts.atomic_path(base / 'spacing.json') as tmp:
         tmp.write_text(
-            json.dumps({'spacing_zyx': [spacing] * 3, 'orientation': 'LPS', 'units': 'HU'})
+            json.dumps({'spacing_zyx': [spacing] * 3, 'orientation': 'LPS', 'units': 'HU'}),
+            encoding='utf-8',
         )

@@ -30,7 +30,7 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
     path = Path(ckpt_dir) / LATEST
     if not path.is_file():
         return None
-    tag = path.read_text().strip()
+    tag = path.read_text(encoding='utf-8').strip()
     return tag if tag and (Path(ckpt_dir) / tag).is_dir() else None
 
 
@@ -43,7 +43,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, order: dict, keep: i
         dist.barrier()
     if engine.global_rank == 0:
         tmp = ckpt_dir / f'.{LATEST}.tmp{os.getpid()}'
-        tmp.write_text(tag)
+        tmp.write_text(tag, encoding='utf-8')
         os.replace(tmp, ckpt_dir / LATEST)
         _prune(ckpt_dir, keep, tag)
     if dist.is_initialized():

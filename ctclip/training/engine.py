@@ -148,7 +148,7 @@ def load_deepspeed_json(spec: Any) -> dict:
         raise FileNotFoundError(
             f'deepspeed.config must be a JSON file or one of {choices}, not {spec!r}'
         )
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding='utf-8'))
 
 
 def deepspeed_config(cfg: Mapping, world_size: int) -> dict:

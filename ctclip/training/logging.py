@@ -44,7 +44,7 @@ class RunLogger:
         if self.rank != 0:
             return
         record = {'step': step, **{k: _plain(v) for k, v in values.items()}}
-        with self.path.open('a') as f:
+        with self.path.open('a', encoding='utf-8') as f:
             f.write(json.dumps(record) + '\n')
         if self.writer is not None:
             for key, value in record.items():
@@ -85,18 +85,18 @@ def _truncate_after(path: Path, step: int) -> None:
         return
     keep = [
         line
-        for line in path.read_text().splitlines()
+        for line in path.read_text(encoding='utf-8').splitlines()
         if line.strip() and json.loads(line).get('step', 0) <= step
     ]
     tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(''.join(line + '\n' for line in keep))
+    tmp.write_text(''.join(line + '\n' for line in keep), encoding='utf-8')
     os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        [json.loads(line) for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
         if path.exists()
         else []
     )

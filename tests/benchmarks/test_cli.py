@@ -50,8 +50,8 @@ def test_bench_score_cli(tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert '| this run (our protocol, above) |' in (out / 'report.md').read_text()
-    data = json.loads((out / 'metrics.json').read_text())
+    assert '| this run (our protocol, above) |' in (out / 'report.md').read_text(encoding='utf-8')
+    data = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
     assert data['classification']['n_items'] == 30  # scans
     assert data['classification']['bootstrap'] == {
         'n_draws': 40,
@@ -80,8 +80,8 @@ def test_bench_retrieval_cli_reference_flag(tmp_path):
     ]
     assert main([*args, '--out', str(tmp_path / 'ours')]) == 0
     assert main([*args, '--out', str(tmp_path / 'ref'), '--reference']) == 0
-    ours = json.loads((tmp_path / 'ours' / 'metrics.json').read_text())['retrieval']
-    ref = json.loads((tmp_path / 'ref' / 'metrics.json').read_text())['retrieval']
+    ours = json.loads((tmp_path / 'ours' / 'metrics.json').read_text(encoding='utf-8'))['retrieval']
+    ref = json.loads((tmp_path / 'ref' / 'metrics.json').read_text(encoding='utf-8'))['retrieval']
     assert (
         ours['options']['protocol'] == 'corrected'
         and ref['options']['protocol'] == 'ctclip-reference'
@@ -92,7 +92,7 @@ def test_bench_retrieval_cli_reference_flag(tmp_path):
 def test_bench_config_file_and_errors(tmp_path, capsys):
     _files(tmp_path)
     cfg = tmp_path / 'b.yaml'
-    cfg.write_text('bootstrap:\n  n_draws: 10\nplots: false\n')
+    cfg.write_text('bootstrap:\n  n_draws: 10\nplots: false\n', encoding='utf-8')
     code = main(
         [
             'bench',
@@ -144,9 +144,13 @@ def test_ctrate_root_layout_is_found(tmp_path):
     ds = tmp_path / 'dataset'
     (ds / 'multi_abnormality_labels').mkdir(parents=True)
     (ds / 'radiology_text_reports').mkdir()
-    (ds / 'multi_abnormality_labels' / 'valid_predicted_labels.csv').write_text('VolumeName\n')
-    (ds / 'radiology_text_reports' / 'validation_reports.csv').write_text('VolumeName\n')
-    (ds / 'no_chest_valid.txt').write_text('valid_9_a_1.nii.gz\n')
+    (ds / 'multi_abnormality_labels' / 'valid_predicted_labels.csv').write_text(
+        'VolumeName\n', encoding='utf-8'
+    )
+    (ds / 'radiology_text_reports' / 'validation_reports.csv').write_text(
+        'VolumeName\n', encoding='utf-8'
+    )
+    (ds / 'no_chest_valid.txt').write_text('valid_9_a_1.nii.gz\n', encoding='utf-8')
     (tmp_path / 'cache.h5').write_bytes(b'')
     cache, labels, reports, drop = runner._resolve_ctrate({'data': str(tmp_path), 'split': 'valid'})
     assert cache == tmp_path / 'cache.h5' and labels.name == 'valid_predicted_labels.csv'
@@ -205,7 +209,7 @@ def test_bench_score_with_rad_mapping(tmp_path):
         main([*args, '--mapping', 'hlip14', '--out', str(out), '--n-bootstrap', '10', '--no-plots'])
         == 0
     )
-    data = json.loads((out / 'metrics.json').read_text())
+    data = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
     assert (
         data['mapping']['name'] == 'hlip14'
         and data['classification']['classes'][-1] == 'Calcification'

@@ -32,7 +32,7 @@ def test_resume_after_failure_and_fingerprint(tmp_path):
 
 
 def test_fingerprint_changes_with_files(tmp_path):
-    (tmp_path / 'config.json').write_text('{}')
+    (tmp_path / 'config.json').write_text('{}', encoding='utf-8')
     before = model_fingerprint(tmp_path)
     (tmp_path / 'model.safetensors').write_bytes(b'x')
     assert model_fingerprint(tmp_path) != before

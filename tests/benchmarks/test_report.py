@@ -35,17 +35,19 @@ def test_write_report_renders_everything(tmp_path):
     for key in ('roc', 'auroc_bars', 'retrieval'):
         image = mpimg.imread(paths[key])
         assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
-    data = json.loads((tmp_path / 'metrics.json').read_text())
+    data = json.loads((tmp_path / 'metrics.json').read_text(encoding='utf-8'))
     assert data['classification']['per_class']['C']['auroc']['value'] is None  # NaN -> null
     assert data['headline']['mean AUROC']['ci_low'] is not None
     assert 'numpy' in data['versions'] and data['classification']['bootstrap']['n_draws'] == 30
-    assert '\n\nVersions:' in (tmp_path / 'report.md').read_text()  # the list is closed first
-    md = (tmp_path / 'report.md').read_text()
+    assert '\n\nVersions:' in (tmp_path / 'report.md').read_text(
+        encoding='utf-8'
+    )  # the list is closed first
+    md = (tmp_path / 'report.md').read_text(encoding='utf-8')
     assert 'Published results (their protocols, not recomputed)' in md
     assert '| this run (our protocol, above) | ' in md  # ours next to the published rows
     assert '| CT-CLIP | 73.1 | 62.9 |' in md and '![roc](roc_curves.png)' in md
     assert 'F1 (positive class)' in md and 'Undefined (one label value only)' in md
-    html = (tmp_path / 'report.html').read_text()
+    html = (tmp_path / 'report.html').read_text(encoding='utf-8')
     separators = [line for line in md.splitlines() if line.startswith('|---')]
     assert html.count('<table>') == len(separators) and '<img src="auroc_bars.png"' in html
     assert not list(tmp_path.glob('.*.tmp*'))  # atomic writes leave no temp files

@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     labels = rng.integers(0, 2, size=(len(ct_ids), 18)).astype(float)
     labels[::2] = labels[1::2]  # reconstructions share their scan's labels
     write_table(Table(ct_ids, list(FINDINGS), labels), root / 'labels.csv')
-    with open(root / 'reports.csv', 'w', newline='') as f:
+    with open(root / 'reports.csv', 'w', encoding='utf-8', newline='') as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -82,7 +82,7 @@ def test_ctrate_run_and_resume(setup):
         'embed.chunk_size=4',
     ]
     assert main(args) == 0
-    data = json.loads((out / 'metrics.json').read_text())
+    data = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
     assert (
         data['classification']['classes'] == list(FINDINGS)
         and data['classification']['n_items'] == 10
@@ -151,9 +151,9 @@ def test_radchestct_run(setup):
         )
         == 0
     )
-    data = json.loads((out / 'metrics.json').read_text())
+    data = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
     assert data['mapping']['name'] == 'ctclip16' and len(data['classification']['classes']) == 16
-    assert 'RAD-ChestCT' in (out / 'report.md').read_text()
+    assert 'RAD-ChestCT' in (out / 'report.md').read_text(encoding='utf-8')
 
 
 def test_missing_volumes_are_an_error(setup, capsys):

@@ -43,7 +43,7 @@ def test_round_trip_and_errors(tmp_path):
     write_table(table, tmp_path / 't.csv')
     back = read_table(tmp_path / 't.csv')
     assert back.ids == table.ids and np.array_equal(back.values, table.values, equal_nan=True)
-    (tmp_path / 'bad.csv').write_text('VolumeName,A\nv1,yes\n')
+    (tmp_path / 'bad.csv').write_text('VolumeName,A\nv1,yes\n', encoding='utf-8')
     with pytest.raises(ValueError, match="row 2, column 'A' must be a number or empty, not 'yes'"):
         read_table(tmp_path / 'bad.csv')
     with pytest.raises(ValueError, match='ids must be unique'):

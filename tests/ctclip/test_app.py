@@ -53,7 +53,10 @@ def test_pipeline_failure_leaves_no_marker_and_resumes_there(tmp_path):
     stages[1] = _counting_stage('b', calls)
     Pipeline(tmp_path, stages, progress=False).run()
     assert calls == ['a', 'b']
-    assert json.loads((tmp_path / 'stages' / 'b.json').read_text())['summary']['ran'] == 'b'
+    assert (
+        json.loads((tmp_path / 'stages' / 'b.json').read_text(encoding='utf-8'))['summary']['ran']
+        == 'b'
+    )
 
 
 def test_pipeline_rejects_duplicate_stage_names(tmp_path):
@@ -87,7 +90,9 @@ def test_ablation_arms_are_valid_configs():
         assert arm.stage1 in (None, *plan.stage1)
     evidence = load_config(configs_dir() / 'train' / 'stage2-evidence-small.yaml')
     for term in EVIDENCE_TERMS:
-        assert get_dotted(evidence, f'loss.{term}.weight'), f'{term} must be on in the evidence config'
+        assert get_dotted(evidence, f'loss.{term}.weight'), (
+            f'{term} must be on in the evidence config'
+        )
 
 
 def test_ablation_summary_mean_std_and_table():

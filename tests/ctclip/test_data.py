@@ -73,16 +73,18 @@ def test_report_text_and_volume_keys():
 
 def test_labels_csv_errors_name_the_file_and_problem(tmp_path):
     path = tmp_path / 'labels.csv'
-    path.write_text('report_id,Emphysema\nx,1\n')
+    path.write_text('report_id,Emphysema\nx,1\n', encoding='utf-8')
     with pytest.raises(ValueError, match='must have columns'):
         load_labels(path)
     path.write_text(
-        'report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join(['2'] + ['0'] * 17) + '\n'
+        'report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join(['2'] + ['0'] * 17) + '\n',
+        encoding='utf-8',
     )
     with pytest.raises(ValueError, match="must be 1, 0 or -1, not '2'"):
         load_labels(path)
     path.write_text(
-        'report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join([''] + ['1'] * 17) + '\n'
+        'report_id,' + ','.join(FINDINGS) + '\nx.nii.gz,' + ','.join([''] + ['1'] * 17) + '\n',
+        encoding='utf-8',
     )
     labels = load_labels(path)['x']
     assert labels[0] == -1 and labels[1] == 1

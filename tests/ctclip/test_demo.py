@@ -48,17 +48,19 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     ]
     missing = [p for p in expected if not (out / p).is_file() or (out / p).stat().st_size == 0]
     assert not missing, f'missing or empty demo outputs: {missing}'
-    html = (out / 'report.html').read_text()
+    html = (out / 'report.html').read_text(encoding='utf-8')
     for png in ('bench/ct-rate/roc_curves.png', 'train/stage2/training_curves.png'):
         assert f'src="{png}"' in html
 
 
 def test_quick_demo_beats_chance(quick_demo):
     out, _ = quick_demo
-    metrics = json.loads((out / 'metrics.json').read_text())
+    metrics = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
     ctrate = metrics['bench_ct-rate']['headline']['mean AUROC']['value']
     rad = metrics['bench_rad-chestct']['headline']['mean AUROC']['value']
-    assert ctrate >= 0.65, f'CT-RATE-layout zero-shot AUROC {ctrate:.3f} does not beat chance clearly'
+    assert ctrate >= 0.65, (
+        f'CT-RATE-layout zero-shot AUROC {ctrate:.3f} does not beat chance clearly'
+    )
     assert rad >= 0.6, f'RAD-ChestCT-layout zero-shot AUROC {rad:.3f} does not beat chance clearly'
     assert metrics['labeler']['macro']['f1'] >= 0.9
     assert set(metrics['headline']) == {

@@ -42,7 +42,7 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path):
     )
     train(cfg)
     cfg['train'].update(output_dir=str(tmp_path / 'two'), grad_accum=1)
-    (tmp_path / 'two.yaml').write_text(yaml.safe_dump(cfg))
+    (tmp_path / 'two.yaml').write_text(yaml.safe_dump(cfg), encoding='utf-8')
     env = {
         k: v
         for k, v in os.environ.items()

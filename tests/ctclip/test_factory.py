@@ -69,7 +69,7 @@ def test_add_model_config_registers_a_user_file(tmp_path):
     config = get_model_config('resnet3d-tiny-tinybert')
     config['embed_dim'] = 24
     path = tmp_path / 'my-model.json'
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(config), encoding='utf-8')
     assert add_model_config(path) == ['my-model']
     model = create_model('my-model', **TINY)
     assert model.image_proj.out_features == 24
@@ -78,10 +78,10 @@ def test_add_model_config_registers_a_user_file(tmp_path):
 
 def test_add_model_config_rejects_bad_files(tmp_path):
     bad = tmp_path / 'bad.json'
-    bad.write_text('{"embed_dim": 8,')
+    bad.write_text('{"embed_dim": 8,', encoding='utf-8')
     with pytest.raises(ValueError, match='bad.json is not valid JSON'):
         add_model_config(bad)
-    bad.write_text('{"embed_dim": 8}')
+    bad.write_text('{"embed_dim": 8}', encoding='utf-8')
     with pytest.raises(
         ValueError, match='must be a JSON object with embed_dim, vision_cfg and text_cfg'
     ):

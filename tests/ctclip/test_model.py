@@ -192,7 +192,9 @@ def test_save_pretrained_accepts_an_external_state_dict(model, tmp_path):
 def test_from_pretrained_rejects_foreign_and_incomplete_folders(model, tmp_path):
     with pytest.raises(FileNotFoundError, match='not a ctclip model folder'):
         CTClip.from_pretrained(tmp_path)
-    (tmp_path / 'config.json').write_text(json.dumps({'architectures': ['BertModel']}))
+    (tmp_path / 'config.json').write_text(
+        json.dumps({'architectures': ['BertModel']}), encoding='utf-8'
+    )
     with pytest.raises(ValueError, match='is not a ctclip model config'):
         CTClip.from_pretrained(tmp_path)
     model.save_pretrained(tmp_path / 'export')

@@ -64,9 +64,9 @@ def _write_cxr_bert_folder(folder: Path, with_remote_code: bool = False) -> dict
 
     folder.mkdir(parents=True)
     vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *WORDS]
-    (folder / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+    (folder / 'vocab.txt').write_text('\n'.join(vocab) + '\n', encoding='utf-8')
     (folder / 'tokenizer_config.json').write_text(
-        json.dumps({'do_lower_case': True, 'model_max_length': 512})
+        json.dumps({'do_lower_case': True, 'model_max_length': 512}), encoding='utf-8'
     )
     params = {
         'vocab_size': len(vocab),
@@ -91,10 +91,10 @@ def _write_cxr_bert_folder(folder: Path, with_remote_code: bool = False) -> dict
         'model_type': 'cxr-bert',
         'projection_size': 16,
     }
-    (folder / 'config.json').write_text(json.dumps(config))
+    (folder / 'config.json').write_text(json.dumps(config), encoding='utf-8')
     if with_remote_code:
-        (folder / 'configuration_cxrbert.py').write_text(REMOTE_CONFIG)
-        (folder / 'modeling_cxrbert.py').write_text(REMOTE_MODEL)
+        (folder / 'configuration_cxrbert.py').write_text(REMOTE_CONFIG, encoding='utf-8')
+        (folder / 'modeling_cxrbert.py').write_text(REMOTE_MODEL, encoding='utf-8')
     return {k.removeprefix('bert.'): v for k, v in state.items() if k.startswith('bert.')}
 
 

@@ -27,7 +27,7 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _csv(path: Path) -> list[dict]:
-    with path.open(newline='') as f:
+    with path.open(encoding='utf-8', newline='') as f:
         return list(csv.DictReader(f))
 
 
@@ -53,18 +53,21 @@ def _tables(root: Path) -> tuple[dict, dict, dict]:
 
 def _truth(root: Path) -> dict[str, dict]:
     return {
-        t['volume']: t for t in map(json.loads, (root / 'truth.jsonl').read_text().splitlines())
+        t['volume']: t
+        for t in map(json.loads, (root / 'truth.jsonl').read_text(encoding='utf-8').splitlines())
     }
 
 
 def test_tables_have_ctrate_columns(cohort):
     ds = cohort / 'dataset'
-    with (ds / 'metadata' / 'train_metadata.csv').open() as f:
+    with (ds / 'metadata' / 'train_metadata.csv').open(encoding='utf-8') as f:
         assert tuple(next(csv.reader(f))) == layouts.METADATA_COLUMNS
     assert len(layouts.METADATA_COLUMNS) == 44
-    with (ds / 'multi_abnormality_labels' / 'train_predicted_labels.csv').open() as f:
+    with (ds / 'multi_abnormality_labels' / 'train_predicted_labels.csv').open(
+        encoding='utf-8'
+    ) as f:
         assert tuple(next(csv.reader(f))) == ('VolumeName', *FINDINGS)
-    with (ds / 'radiology_text_reports' / 'validation_reports.csv').open() as f:
+    with (ds / 'radiology_text_reports' / 'validation_reports.csv').open(encoding='utf-8') as f:
         assert tuple(next(csv.reader(f))) == layouts.REPORT_COLUMNS
 
 
@@ -313,7 +316,7 @@ def test_rad_chestct_layout(tmp_path):
         tmp_path / 'rad', n=3, seed=2, layout='rad-chestct', small=True, progress=False
     )
     base = root / 'radchestct'
-    spacing = json.loads((base / 'spacing.json').read_text())
+    spacing = json.loads((base / 'spacing.json').read_text(encoding='utf-8'))
     assert spacing['spacing_zyx'] == [3.0, 3.0, 3.0]
     raw = {
         r['NoteAcc_DEID']: r
@@ -342,14 +345,14 @@ def test_rad_chestct_layout(tmp_path):
 def test_rad_chestct_columns_match_the_real_tables(shared_data):
     from ctclip.synth import radchestct
 
-    with shared_data('radchestct', 'imgtest.csv').open() as f:
+    with shared_data('radchestct', 'imgtest.csv').open(encoding='utf-8') as f:
         assert tuple(next(csv.reader(f))) == ('NoteAcc_DEID', *radchestct.RAW_COLUMNS)
-    with shared_data('radchestct', 'rad_chestct_labels.csv').open() as f:
+    with shared_data('radchestct', 'rad_chestct_labels.csv').open(encoding='utf-8') as f:
         assert tuple(next(csv.reader(f))) == ('NoteAcc_DEID', *radchestct.HLIP_MAPPED)
 
 
 def test_ctrate_metadata_columns_match_the_real_table(shared_data):
-    with shared_data('ctrate', 'validation_metadata.csv').open() as f:
+    with shared_data('ctrate', 'validation_metadata.csv').open(encoding='utf-8') as f:
         assert tuple(next(csv.reader(f))) == layouts.METADATA_COLUMNS
 
 

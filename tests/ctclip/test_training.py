@@ -166,7 +166,7 @@ def test_sigusr1_checkpoints_exits_and_resumes_exactly(cohort, reference, tmp_pa
     def send_when_training():
         deadline = time.time() + 120
         while time.time() < deadline and not (
-            metrics.exists() and metrics.read_text().count('\n') >= 2
+            metrics.exists() and metrics.read_text(encoding='utf-8').count('\n') >= 2
         ):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -199,7 +199,7 @@ def test_zero3_bf16_autocast_exports_one_consolidated_model(cohort, tmp_path):
     model = CTClip.from_pretrained(final)  # strict: every tensor present with its full shape
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params > 100_000
-    config_json = json.loads((final / 'config.json').read_text())
+    config_json = json.loads((final / 'config.json').read_text(encoding='utf-8'))
     assert config_json['name'] == 'resnet3d-tiny-tinybert'
     assert all(
         np.isfinite(r['loss']) for r in read_metrics(tmp_path / 'metrics.jsonl') if 'loss' in r
@@ -221,7 +221,7 @@ def test_cli_stops_with_status_0_and_the_rerun_finishes(cohort, tmp_path, capsys
     from ctclip.cli import main
 
     cfg = config(cohort, tmp_path / 'run', train={'steps': 3})
-    (tmp_path / 'run.yaml').write_text(yaml.safe_dump(cfg))
+    (tmp_path / 'run.yaml').write_text(yaml.safe_dump(cfg), encoding='utf-8')
     argv = ['train', '--config', str(tmp_path / 'run.yaml'), '--local_rank=0']
     assert main([*argv, 'train.stop_after=2']) == 0
     assert 'Checkpointed at step 2' in capsys.readouterr().out

@@ -65,11 +65,14 @@ def make_cohort(
             ('evidence', 'evidence.jsonl'),
         )
     }
-    with paths['labels'].open('w', newline='') as f:
+    with paths['labels'].open('w', newline='', encoding='utf-8') as f:
         w = csv.writer(f)
         w.writerow(['report_id', *FINDINGS])
         w.writerows([f'{v}.nii.gz', *lab.tolist()] for v, lab in rows)
-    with paths['reports'].open('w', newline='') as f, paths['evidence'].open('w') as ev:
+    with (
+        paths['reports'].open('w', newline='', encoding='utf-8') as f,
+        paths['evidence'].open('w', encoding='utf-8') as ev,
+    ):
         w = csv.writer(f)
         w.writerow(
             [

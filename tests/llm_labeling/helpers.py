@@ -16,7 +16,7 @@ REPORTS = [
 
 
 def write_ctrate_csv(path: Path, rows=REPORTS) -> Path:
-    with path.open('w', newline='') as f:
+    with path.open('w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['VolumeName', 'ClinicalInformation_EN', 'Findings_EN', 'Impressions_EN'])
         for vid, findings, impression in rows:
@@ -40,10 +40,12 @@ def openai_cfg(reports: Path, out: Path, url: str, **extra) -> dict:
 
 
 def read_labels(path: Path) -> dict[str, list[str]]:
-    with path.open(newline='') as f:
+    with path.open(encoding='utf-8', newline='') as f:
         rows = list(csv.reader(f))
     return {row[0]: row[1:] for row in rows[1:]}
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding='utf-8').splitlines() if line.strip()
+    ]

@@ -32,8 +32,8 @@ def test_rules_backend_writes_the_contract(tmp_path, ctrate_csv):
         for item in record['findings']:
             assert item['finding'] in FINDINGS
             if item['quote'] is not None:
-                assert item['quote'] in ctrate_csv.read_text()
-    meta = json.loads((out / 'labels.meta.json').read_text())
+                assert item['quote'] in ctrate_csv.read_text(encoding='utf-8')
+    meta = json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))
     assert meta['backend'] == 'rules' and meta['counts']['reports'] == 5
     assert meta['counts']['unique_texts'] == 4
 
@@ -78,7 +78,7 @@ def test_eval_verb(tmp_path, ctrate_csv):
         )
         == 0
     )
-    metrics = json.loads((tmp_path / 'ev' / 'metrics.json').read_text())
+    metrics = json.loads((tmp_path / 'ev' / 'metrics.json').read_text(encoding='utf-8'))
     result = metrics['results']['labels']
     assert result['weighted']['f1'] == 1.0  # a file scored against itself
     # classes without a positive score 0 (the protocol: 0 when a denominator is 0)
@@ -105,7 +105,9 @@ def test_rules_on_real_reports(tmp_path):
             str(tmp_path / 'ev'),
         ]
     )
-    macro = json.loads((tmp_path / 'ev' / 'metrics.json').read_text())['results']['labels']['macro']
+    macro = json.loads((tmp_path / 'ev' / 'metrics.json').read_text(encoding='utf-8'))['results'][
+        'labels'
+    ]['macro']
     assert macro['f1'] > 0.9  # the rules helper owns the real target (0.97 cross-validated)
 
 
@@ -135,6 +137,6 @@ def test_a_labeler_crash_is_a_listed_failure(tmp_path, ctrate_csv, monkeypatch):
     out = tmp_path / 'out'
     main(['label', '--reports', str(ctrate_csv), '--out-dir', str(out), '--no-progress'])
     assert read_labels(out / 'labels.csv')['valid_2_a_1.nii.gz'] == [''] * 18
-    assert (
-        'rules labeler error: RuntimeError: unexpected token' in (out / 'failures.csv').read_text()
-    )
+    assert 'rules labeler error: RuntimeError: unexpected token' in (
+        out / 'failures.csv'
+    ).read_text(encoding='utf-8')

@@ -14,7 +14,7 @@ from llm_labeling.schema import FINDINGS
 
 
 def write_table(path, ids, values, id_name='report_id'):
-    with path.open('w', newline='') as f:
+    with path.open('w', newline='', encoding='utf-8') as f:
         writer = csv.writer(f)
         writer.writerow([id_name, *FINDINGS])
         for rid, row in zip(ids, values, strict=True):
@@ -53,9 +53,9 @@ def test_matches_sklearn(tables):
     assert res['weighted']['f1'] == pytest.approx(
         f1_score(gold, binary, average='weighted', zero_division=0)
     )
-    assert json.loads((tmp / 'ev' / 'metrics.json').read_text())['n_scored'] == 60
+    assert json.loads((tmp / 'ev' / 'metrics.json').read_text(encoding='utf-8'))['n_scored'] == 60
     assert (tmp / 'ev' / 'f1_per_class.png').read_bytes()[:4] == b'\x89PNG'
-    assert '| Lung nodule |' in (tmp / 'ev' / 'report.md').read_text()
+    assert '| Lung nodule |' in (tmp / 'ev' / 'report.md').read_text(encoding='utf-8')
 
 
 def test_uncertain_negative(tables):
@@ -93,14 +93,14 @@ def test_compare_two_files_on_common_reports(tables):
         'not_in_gold': 0,
         'gold_missing': 3,
     }
-    report = (tmp / 'cmp' / 'report.md').read_text()
+    report = (tmp / 'cmp' / 'report.md').read_text(encoding='utf-8')
     assert 'F1 delta' in report and 'rules P / R / F1' in report
 
 
 def test_errors(tmp_path, tables):
     tmp, ids, gold, pred, g, p = tables
     bad = tmp / 'bad.csv'
-    bad.write_text('report_id,Cardiomegaly\nr1,1\n')
+    bad.write_text('report_id,Cardiomegaly\nr1,1\n', encoding='utf-8')
     with pytest.raises(ValueError, match='missing label column'):
         read_label_table(bad)
     text = tmp / 'text.csv'

@@ -100,7 +100,7 @@ def check_outputs(out: Path, rows) -> tuple[int, int]:
     """Every report labelled (18 values) xor listed as failed; quotes are report substrings."""
     labels = read_labels(out / 'labels.csv')
     assert list(labels) == [r[0] for r in rows]
-    with (out / 'failures.csv').open(newline='') as f:
+    with (out / 'failures.csv').open(newline='', encoding='utf-8') as f:
         failed = {row['report_id'] for row in csv.DictReader(f)}
     texts = {rid: f'{a}\n{b}' if b != 'Not given.' else a for rid, a, b in rows}
     for rid, values in labels.items():
@@ -124,16 +124,16 @@ def test_server_evidence_schema_and_cache(tmp_path, llama_server):
         reports, tmp_path / 'out', llama_server, model='gemma-3-270m', retry=NO_RETRY, **SMALL
     )
     out = label_reports(cfg)
-    meta = json.loads((out / 'labels.meta.json').read_text())
+    meta = json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))
     assert meta['counts']['unique_texts'] == 1 and meta['counts']['requests'] == 1
     ok, failed = check_outputs(out, rows)
     assert (ok, failed) in ((2, 0), (0, 2))
     if failed:  # the only acceptable failure of a grammar-constrained answer: cut off or misquoted
-        assert 'invalid output' in (out / 'failures.csv').read_text()
+        assert 'invalid output' in (out / 'failures.csv').read_text(encoding='utf-8')
         return
     assert meta['tokens']['prompt'] > 0 and meta['tokens']['completion'] > 0
     label_reports(cfg)  # a rerun is answered from the cache
-    meta = json.loads((out / 'labels.meta.json').read_text())
+    meta = json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))
     assert meta['counts']['cache_hits'] == 1 and meta['counts']['requests'] == 0
 
 
@@ -145,7 +145,7 @@ def test_server_li_prompt(tmp_path, llama_server):
     )  # fmt: skip
     out = label_reports(cfg)
     check_outputs(out, ROWS[2:])
-    failures = (out / 'failures.csv').read_text()
+    failures = (out / 'failures.csv').read_text(encoding='utf-8')
     assert 'invalid output' in failures or failures.count('\n') == 1
 
 
@@ -162,4 +162,4 @@ def test_in_process_backend(tmp_path, gguf):
     }
     out = label_reports(cfg)
     check_outputs(out, ROWS[:1])
-    assert json.loads((out / 'labels.meta.json').read_text())['model'] == gguf.name
+    assert json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))['model'] == gguf.name

@@ -373,7 +373,7 @@ def test_score_counts():
 
 def test_load_manual_rejects_missing_columns(tmp_path):
     path = tmp_path / 'bad.csv'
-    path.write_text('AccessionNo,text\nA1,hello\n')
+    path.write_text('AccessionNo,text\nA1,hello\n', encoding='utf-8')
     with pytest.raises(ValueError, match='bad.csv lacks the columns'):
         rules_cv.load_manual(path)
     with pytest.raises(ValueError, match='split must be one of'):
@@ -397,7 +397,7 @@ def test_heldout_split_is_fixed():
 def test_real_manual_reports_heldout(tmp_path):
     """Held-out accuracy on CT-RATE's manual labels (reports never read while writing rules)."""
     path = shared_path('ctrate', 'manual_labels_train.csv')
-    with path.open(newline='') as handle:
+    with path.open(newline='', encoding='utf-8') as handle:
         n_rows = sum(1 for _ in csv.DictReader(handle))
     assert n_rows == 800
     out = tmp_path / 'heldout.json'
@@ -420,7 +420,7 @@ def test_real_manual_reports_heldout(tmp_path):
         == 0
     )
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding='utf-8'))
     assert result['n_reports'] == 190
     low, high = result['macro_f1_ci95']
     assert low <= result['macro_f1'] <= high

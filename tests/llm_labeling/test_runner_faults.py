@@ -54,7 +54,7 @@ def run_one(tmp_path: Path, responder, **extra) -> tuple[Path, FakeChatServer]:
 
 
 def meta(out: Path) -> dict:
-    return json.loads((out / 'labels.meta.json').read_text())
+    return json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))
 
 
 def test_429_waits_for_retry_after(tmp_path):
@@ -82,7 +82,9 @@ def test_server_errors_are_retried(tmp_path, fault):
     out, server = run_one(tmp_path, scripted(fault, fault))
     assert len(server.requests) == 3
     assert read_labels(out / 'labels.csv')['r1'] == ['0'] * len(FINDINGS)
-    assert (out / 'failures.csv').read_text().splitlines() == ['report_id,reason,attempts']
+    assert (out / 'failures.csv').read_text(encoding='utf-8').splitlines() == [
+        'report_id,reason,attempts'
+    ]
 
 
 def test_hang_past_timeout_is_retried(tmp_path):
@@ -132,7 +134,7 @@ def test_persistent_failure_is_listed_never_zero(tmp_path):
     out, server = run_one(tmp_path, always, retry={'max_retries': 2, 'initial_delay': 0.01})
     assert len(server.requests) == 3
     assert read_labels(out / 'labels.csv')['r1'] == [''] * len(FINDINGS)
-    failures = (out / 'failures.csv').read_text().splitlines()
+    failures = (out / 'failures.csv').read_text(encoding='utf-8').splitlines()
     assert failures[1].startswith('r1,HTTP 500') and failures[1].endswith(',3')
     assert read_jsonl(out / 'evidence.jsonl') == []
     assert meta(out)['counts']['failed_reports'] == 1
@@ -162,11 +164,11 @@ def test_rerun_is_served_from_cache(tmp_path, ctrate_csv):
     with FakeChatServer() as server:
         cfg = openai_cfg(ctrate_csv, tmp_path / 'out', server.url)
         label_reports(cfg)
-        first = (tmp_path / 'out' / 'labels.csv').read_text()
+        first = (tmp_path / 'out' / 'labels.csv').read_text(encoding='utf-8')
         label_reports(cfg)
         assert len(server.requests) == 4  # the second run sent nothing
         assert meta(tmp_path / 'out')['counts']['cache_hits'] == 4
-        assert (tmp_path / 'out' / 'labels.csv').read_text() == first
+        assert (tmp_path / 'out' / 'labels.csv').read_text(encoding='utf-8') == first
         label_reports({**cfg, 'model': 'other-model'})  # a different key: asked again
         assert len(server.requests) == 8
 
@@ -211,7 +213,7 @@ def test_empty_report_is_a_failure_not_a_zero(tmp_path):
         out = label_reports(openai_cfg(reports, tmp_path / 'out', server.url))
     assert len(server.requests) == 1
     assert read_labels(out / 'labels.csv')['e1'] == [''] * len(FINDINGS)
-    assert 'empty report text' in (out / 'failures.csv').read_text()
+    assert 'empty report text' in (out / 'failures.csv').read_text(encoding='utf-8')
 
 
 def test_killed_run_resumes_without_repeating_finished_work(tmp_path, many_reports):

@@ -97,7 +97,7 @@ def write_ctrate_tree(
         rows = meta_rows[split]
         if not rows:
             continue
-        with open(dataset / 'metadata' / file, 'w', newline='') as f:
+        with open(dataset / 'metadata' / file, 'w', encoding='utf-8', newline='') as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -58,7 +58,9 @@ def test_npz_uses_spacing_json(tmp_path):
     vol = phantom_hu()
     np.savez_compressed(tmp_path / 'tst00001.npz', ct=vol)
     assert read_npz(tmp_path / 'tst00001.npz').GetSpacing() == (0.8, 0.8, 0.8)
-    (tmp_path / 'spacing.json').write_text(json.dumps({'spacing_zyx': [5.0, 3.0, 3.0]}))
+    (tmp_path / 'spacing.json').write_text(
+        json.dumps({'spacing_zyx': [5.0, 3.0, 3.0]}), encoding='utf-8'
+    )
     image = read_npz(tmp_path / 'tst00001.npz')
     assert image.GetSpacing() == (3.0, 3.0, 5.0)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), vol)

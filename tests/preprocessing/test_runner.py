@@ -92,10 +92,10 @@ def test_cli_builds_a_cache_with_reports(tree, tmp_path, capsys):
         and attrs['orientation'] == 'LPS'
         and len(attrs['source_sha256']) == 64
     )
-    qc = json.loads(out.with_suffix('.qc.json').read_text())
+    qc = json.loads(out.with_suffix('.qc.json').read_text(encoding='utf-8'))
     assert qc['volumes'] == 6 and not qc['flagged'] and len(qc['sampled_for_png']) == 2
     assert out.with_suffix('.qc.png').stat().st_size > 10_000
-    assert json.loads(out.with_suffix('.summary.json').read_text())['ok'] == 6
+    assert json.loads(out.with_suffix('.summary.json').read_text(encoding='utf-8'))['ok'] == 6
     assert not (tmp_path / '.c.h5.parts').exists()
 
 
@@ -172,7 +172,7 @@ def _bad_cohort(folder: Path) -> dict[str, str]:
     data = (folder / 'good.nii.gz').read_bytes()
     (folder / 'truncated.nii.gz').write_bytes(data[: len(data) // 2])
     (folder / 'empty.nii.gz').write_bytes(b'')
-    (folder / 'report.nii.gz').write_text('FINDINGS: no acute abnormality.')
+    (folder / 'report.nii.gz').write_text('FINDINGS: no acute abnormality.', encoding='utf-8')
     sitk.WriteImage(sitk.GetImageFromArray(vol[0]), str(folder / 'flat.nii.gz'))
     mr_like = np.clip(vol.astype(np.int32) + 1024, 0, None).astype(
         np.int16
@@ -209,13 +209,17 @@ def test_every_bad_input_lands_in_the_failures_report(tmp_path):
     )
     assert (summary.ok, summary.failed, summary.exit_code) == (1, len(expected), 0)
     report = {
-        row['volume_id']: row for row in json.loads(out.with_suffix('.failures.json').read_text())
+        row['volume_id']: row
+        for row in json.loads(out.with_suffix('.failures.json').read_text(encoding='utf-8'))
     }
     assert set(report) == set(expected)
     for vid, reason in expected.items():
         assert reason in report[vid]['reason'], (vid, report[vid])
         assert report[vid]['stage'] in ('read', 'check', 'calibrate') and report[vid]['path']
-    assert out.with_suffix('.failures.csv').read_text().count('\n') == len(expected) + 1
+    assert (
+        out.with_suffix('.failures.csv').read_text(encoding='utf-8').count('\n')
+        == len(expected) + 1
+    )
     assert open_cache(out).ids() == ['good']
     strict = main(
         [

@@ -101,7 +101,7 @@ class Job:
         """Every output file of this job (all array tasks), for assertion messages."""
         pattern = self.log.name.replace('%A', self.id).replace('%j', self.id).replace('%a', '*')
         texts = [
-            f'--- {p.name}\n{p.read_text(errors="replace")}'
+            f'--- {p.name}\n{p.read_text(errors="replace", encoding="utf-8")}'
             for p in sorted(self.log.parent.glob(pattern))
         ]
         return '\n'.join(texts) or f'(no output file {self.log})'
@@ -189,7 +189,7 @@ def slurm_log_tail(lines: int = 15) -> str:
     """The end of the daemons' logs, for failure messages."""
     parts = []
     for log in sorted((SLURM_ROOT / 'log').glob('*.log')):
-        text = log.read_text(errors='replace').splitlines()[-lines:]
+        text = log.read_text(errors='replace', encoding='utf-8').splitlines()[-lines:]
         parts.append(f'--- {log.name}\n' + '\n'.join(text))
     return '\n'.join(parts)
 

@@ -52,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.lock:
             number = _Handler.count
             _Handler.count += 1
-            with open(self.log_path, 'a') as log:
+            with open(self.log_path, 'a', encoding='utf-8') as log:
                 text = request['messages'][-1]['content'] if request.get('messages') else ''
                 log.write(json.dumps({'n': number, 'chars': len(str(text))}) + '\n')
         reply = valid_reply(request, number)

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slurm
 
 
 def _write_reports(path: Path) -> None:
-    with path.open('w', newline='') as f:
+    with path.open('w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -56,7 +56,7 @@ def _write_reports(path: Path) -> None:
 
 
 def _requests(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0
+    return len(log.read_text(encoding='utf-8').splitlines()) if log.exists() else 0
 
 
 @pytest.mark.slow
@@ -120,12 +120,12 @@ def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path)
     )
     assert total - first_run < N_REPORTS, log
 
-    with (out / 'labels.csv').open() as f:
+    with (out / 'labels.csv').open(encoding='utf-8') as f:
         rows = list(csv.DictReader(f))
     assert [r['report_id'] for r in rows] == [f'valid_{i}_a_1.nii.gz' for i in range(N_REPORTS)]
     assert all(r[name] != '' for r in rows for name in FINDINGS), 'a report was left unlabelled'
-    assert len((out / 'evidence.jsonl').read_text().splitlines()) == N_REPORTS
-    meta = json.loads((out / 'labels.meta.json').read_text())
+    assert len((out / 'evidence.jsonl').read_text(encoding='utf-8').splitlines()) == N_REPORTS
+    meta = json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))
     assert meta['backend'] == 'openai', meta
 
 
@@ -177,13 +177,16 @@ def test_label_job_serves_a_gguf_with_llama_cpp_on_its_node(slurm_cluster, tmp_p
     assert_completed(job, wait_done(job, timeout=300))
     log = job.logs()
     assert 'LLM server ready' in log and 'stopping the LLM server' in log, log
-    with (out / 'labels.csv').open() as f:
+    with (out / 'labels.csv').open(encoding='utf-8') as f:
         rows = list(csv.DictReader(f))
     assert [r['report_id'] for r in rows] == ['valid_0_a_1.nii.gz', 'valid_1_a_1.nii.gz']
-    failed = {line.split(',')[0] for line in (out / 'failures.csv').read_text().splitlines()[1:]}
+    failed = {
+        line.split(',')[0]
+        for line in (out / 'failures.csv').read_text(encoding='utf-8').splitlines()[1:]
+    }
     for row in (
         rows
     ):  # a base model may not answer in the schema: then the report is listed, never a silent 0
         values = {row[name] for name in FINDINGS}
         assert values == {''} if row['report_id'] in failed else values <= {'1', '0', '-1'}, row
-    assert json.loads((out / 'labels.meta.json').read_text())['backend'] == 'openai'
+    assert json.loads((out / 'labels.meta.json').read_text(encoding='utf-8'))['backend'] == 'openai'

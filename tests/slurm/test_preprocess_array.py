@@ -130,7 +130,7 @@ def test_array_fails_reruns_one_task_and_merges_like_a_single_run(slurm_cluster,
     shard = int(failed[0])
     summaries = list(out_dir.glob(f'cache.shard{shard:04d}-of-{SHARDS:04d}*summary.json'))
     assert summaries, sorted(p.name for p in out_dir.iterdir())
-    summary = json.loads(summaries[0].read_text())
+    summary = json.loads(summaries[0].read_text(encoding='utf-8'))
     assert summary['failed'] == 0 and summary['ok'] == 1, (
         summary
     )  # only the repaired volume was new

@@ -29,7 +29,7 @@ def _bash(script: str, env: dict, cwd: Path | None = None) -> subprocess.Complet
 def _fake_venv(root: Path) -> Path:
     python = root / 'venv' / 'bin' / 'python'
     python.parent.mkdir(parents=True)
-    python.write_text('#!/bin/sh\nexit 0\n')
+    python.write_text('#!/bin/sh\nexit 0\n', encoding='utf-8')
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
     return python.parent.parent
 
@@ -43,7 +43,9 @@ def test_scripts_parse(script):
 def test_site_config_then_environment_then_defaults(tmp_path):
     venv = _fake_venv(tmp_path)
     site = tmp_path / 'site.sh'
-    site.write_text(f'CTCLIP_VENV={venv}\nCTCLIP_PORT_BASE=20000\nCTCLIP_LAUNCHER=torchrun\n')
+    site.write_text(
+        f'CTCLIP_VENV={venv}\nCTCLIP_PORT_BASE=20000\nCTCLIP_LAUNCHER=torchrun\n', encoding='utf-8'
+    )
     env = {'PATH': '/usr/bin:/bin', 'SLURM_JOB_ID': '1234', 'CTCLIP_SLURM_DIR': str(SLURM_DIR),
            'CTCLIP_SITE': str(site), 'CTCLIP_LAUNCHER': 'deepspeed', 'HOME': str(tmp_path)}  # fmt: skip
     result = _bash(
@@ -74,7 +76,7 @@ def test_site_config_then_environment_then_defaults(tmp_path):
 )
 def test_bad_site_settings_are_named(tmp_path, site_text, message):
     site = tmp_path / 'site.sh'
-    site.write_text(site_text)
+    site.write_text(site_text, encoding='utf-8')
     env = {
         'PATH': '/usr/bin:/bin',
         'SLURM_JOB_ID': '7',
@@ -130,7 +132,7 @@ def recorder(tmp_path) -> tuple[dict, Path]:
     bin_dir.mkdir()
     for name, reply in (('sbatch', 'echo $((99 + $(wc -l < "$LOG")))'), ('scontrol', 'true')):
         tool = bin_dir / name
-        tool.write_text(f'#!/bin/bash\necho "{name} $*" >> "$LOG"\n{reply}\n')
+        tool.write_text(f'#!/bin/bash\necho "{name} $*" >> "$LOG"\n{reply}\n', encoding='utf-8')
         tool.chmod(0o755)
     env = {'PATH': f'{bin_dir}:/usr/bin:/bin', 'LOG': str(log), 'HOME': str(tmp_path)}
     log.touch()
@@ -141,14 +143,14 @@ def test_submit_turns_the_site_config_into_flags(tmp_path, recorder):
     env, log = recorder
     site = tmp_path / 'site.sh'
     site.write_text('CTCLIP_PARTITION=gpu\nCTCLIP_ACCOUNT=rad\nCTCLIP_GPUS_PER_NODE=4\n'
-                    "CTCLIP_TIME_TRAIN=12:00:00\nCTCLIP_SBATCH_ARGS='--constraint=a100 --exclusive'\n")  # fmt: skip
+                    "CTCLIP_TIME_TRAIN=12:00:00\nCTCLIP_SBATCH_ARGS='--constraint=a100 --exclusive'\n", encoding='utf-8')  # fmt: skip
     env['CTCLIP_SITE'] = str(site)
     result = _bash(
         f'{SLURM_DIR}/submit.sh train --nodes=4 -- --launcher deepspeed -- --config c.yaml', env
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '100'
-    call = log.read_text()
+    call = log.read_text(encoding='utf-8')
     for flag in ('--partition=gpu', '--account=rad', '--gpus-per-node=4', '--time=12:00:00', '--constraint=a100',
                  '--exclusive', f'--export=NONE,CTCLIP_SITE={site}', '--nodes=4'):  # fmt: skip
         assert f' {flag} ' in call, (flag, call)
@@ -168,7 +170,7 @@ def test_submit_preprocess_wires_the_merge_and_reruns(tmp_path, recorder):
                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ['100', '101']
-    array, merge = log.read_text().splitlines()
+    array, merge = log.read_text(encoding='utf-8').splitlines()
     assert (
         '--array=0-3' in array and 'preprocess_array.sbatch --shards 4 -- --input cohort' in array
     )
@@ -182,7 +184,7 @@ def test_submit_preprocess_wires_the_merge_and_reruns(tmp_path, recorder):
                             '--merge-job', '101', *args], capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.split() == ['102', '101']
-    calls = log.read_text().splitlines()[2:]
+    calls = log.read_text(encoding='utf-8').splitlines()[2:]
     assert (
         '--array=2 ' in calls[0] + ' '
         and calls[1] == 'scontrol update JobId=101 Dependency=afterok:102'
@@ -203,4 +205,4 @@ def test_submit_rejects_bad_requests(recorder, args, message):
         ['bash', str(SLURM_DIR / 'submit.sh'), *args], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert log.read_text() == ''
+    assert log.read_text(encoding='utf-8') == ''

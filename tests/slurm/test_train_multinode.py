@@ -102,7 +102,7 @@ def _release_when_requeued(job_id: str, timeout: float = 900) -> None:
 def _losses(run: Path) -> dict[int, float]:
     """step -> loss from metrics.jsonl (the last entry wins when a resumed run logs a step again)."""
     losses = {}
-    for line in (run / 'metrics.jsonl').read_text().splitlines():
+    for line in (run / 'metrics.jsonl').read_text(encoding='utf-8').splitlines():
         entry = json.loads(line)
         if 'loss' in entry:
             losses[int(entry['step'])] = float(entry['loss'])
