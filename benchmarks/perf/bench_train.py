@@ -164,6 +164,11 @@ def run(quick: bool) -> list[Row]:
         loader_step = lambda: trainer._micro_step(next(loader), 0, 0)  # noqa: E731
         _interleaved(loader_step, engine_step, warmup)
         t_loader, t_memory = _interleaved(loader_step, engine_step, steps)
+        trainer.cfg['data']['num_workers'] = 0
+        inline = trainer._loader()
+        inline_step = lambda: trainer._micro_step(next(inline), 0, 0)  # noqa: E731
+        _interleaved(inline_step, engine_step, warmup)
+        t_inline, t_memory0 = _interleaved(inline_step, engine_step, steps)
         t_build = _batch_build_times(trainer, batch_size, steps)
     med = statistics.median
     threads = torch.get_num_threads()
