@@ -45,7 +45,8 @@ demo: install
 	$(VENV)/bin/ctclip demo --out $(DEMO_OUT)
 
 test: install llama
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q --durations=15 tests
 
 perf: install
 	$(PY) -m benchmarks.perf

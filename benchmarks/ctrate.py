@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from benchmarks.tables import Table, normalise_id, read_table
+from ctclip.data.text import report_text as training_report_text
 from llm_labeling.schema import FINDINGS
 
 _logger = logging.getLogger(__name__)
@@ -82,9 +83,8 @@ def read_labels(path: str | Path) -> Table:
 
 
 def report_text(row: dict[str, str]) -> str:
-    """Findings + Impressions, the text CT-RATE labels and retrieval use ('Not given.' dropped)."""
-    parts = [(row.get(k) or '').strip() for k in REPORT_SECTIONS]
-    return ' '.join(p for p in parts if p and p != PLACEHOLDER)
+    """The same report text the model was trained on (impression first, 'Not given.' dropped)."""
+    return training_report_text(row.get('Findings_EN'), row.get('Impressions_EN'))
 
 
 def load_reports(path: str | Path) -> dict[str, str]:

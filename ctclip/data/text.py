@@ -34,9 +34,13 @@ def volume_key(name: str) -> str:
 
 
 def report_text(findings: str | None, impressions: str | None) -> str:
-    """Findings + Impressions, the text CT-RATE labels come from; "Not given." counts as empty."""
+    """Impressions then Findings, the text CT-RATE labels come from; "Not given." counts as empty.
+
+    The impression comes first because it summarises the positive findings in a few dozen
+    tokens, while the findings run to ~250: a text tower that truncates keeps the summary.
+    """
     parts = [
-        p.strip() for p in (findings, impressions) if p and p.strip().lower() not in _EMPTY_SECTIONS
+        p.strip() for p in (impressions, findings) if p and p.strip().lower() not in _EMPTY_SECTIONS
     ]
     return ' '.join(parts)
 

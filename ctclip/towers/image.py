@@ -37,9 +37,20 @@ class ImageTower(nn.Module):
         return block(x)
 
 
-def _grid_to_tokens(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+POOLINGS = ('avg', 'max', 'avgmax')
+
+
+def _grid_to_tokens(grid: torch.Tensor, pool: str = 'avg') -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool the grid; 'max' and 'avgmax' keep small, focal findings from being averaged away."""
     tokens = grid.flatten(2).transpose(1, 2)  # [B, D*H*W, C]
-    return tokens.mean(dim=1), tokens
+    if pool == 'avg':
+        return tokens.mean(dim=1), tokens
+    if pool == 'max':
+        return tokens.amax(dim=1), tokens
+    # A single token pooled both ways is itself twice, so tokens live in the pooled vector's space.
+    return torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1), torch.cat(
+        [tokens, tokens], -1
+    )
 
 
 class ResNet3dTower(ImageTower):
@@ -58,9 +69,13 @@ class ResNet3dTower(ImageTower):
         stem_stride: int = 2,
         no_max_pool: bool = False,
         shortcut_type: str = 'B',
+        pool: str = 'avg',
     ) -> None:
         super().__init__()
         from monai.networks.nets.resnet import ResNet
+
+        if pool not in POOLINGS:
+            raise ValueError(f'pool must be one of {POOLINGS}, not {pool!r}')
 
         if len(layers) != 4 or len(block_inplanes) != 4:
             message = f'layers and block_inplanes must have 4 entries, not {list(layers)} and {list(block_inplanes)}'
@@ -80,13 +95,15 @@ class ResNet3dTower(ImageTower):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act)
         self.maxpool = nn.Identity() if no_max_pool else net.maxpool
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        self.width = block_inplanes[3] * (4 if block == 'bottleneck' else 1)
+        self.pool = pool
+        channels = block_inplanes[3] * (4 if block == 'bottleneck' else 1)
+        self.width = channels * (2 if pool == 'avgmax' else 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.maxpool(self.stem(x))
         for stage in self.stages:
             x = self._run(stage, x)
-        return _grid_to_tokens(x)
+        return _grid_to_tokens(x, self.pool)
 
 
 class ViT3dTower(ImageTower):

@@ -102,3 +102,30 @@ def test_tower_grad_checkpointing_matches_plain_backward():
         tower(X)[0].square().sum().backward()
         grads.append(torch.cat([p.grad.reshape(-1) for p in tower.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize('pool', ['avg', 'max', 'avgmax'])
+def test_resnet_pooling_widths_and_values(pool):
+    from ctclip.towers.image import ResNet3dTower
+
+    tower = ResNet3dTower(
+        layers=(1, 1, 1, 1), block_inplanes=(4, 4, 8, 8), stem_kernel=3, pool=pool
+    )
+    x = torch.randn(2, 1, 16, 32, 32)
+    pooled, tokens = tower.eval()(x)
+    assert pooled.shape == (2, tower.width)
+    assert tokens.shape[-1] == tower.width, 'tokens must live in the pooled space (one projection)'
+    grid = tokens[..., :8]
+    expected = {
+        'avg': grid.mean(1),
+        'max': grid.amax(1),
+        'avgmax': torch.cat([grid.mean(1), grid.amax(1)], 1),
+    }
+    assert torch.allclose(pooled, expected[pool])
+
+
+def test_resnet_rejects_unknown_pooling():
+    from ctclip.towers.image import ResNet3dTower
+
+    with pytest.raises(ValueError, match='pool must be one of'):
+        ResNet3dTower(pool='mean')
