@@ -103,6 +103,16 @@ def sample_anatomy(rng: np.random.Generator, sex: str, age: int) -> Anatomy:
     )
 
 
+def heart_geometry(anat: Anatomy, cardiomegaly=None) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and semi-axes of the heart as rendered: the enlarged one when Cardiomegaly is drawn.
+
+    `cardiomegaly` is that Finding (its first part holds 'centre' and 'semi') or None.
+    """
+    if cardiomegaly:
+        return cardiomegaly.parts[0]['centre'], cardiomegaly.parts[0]['semi']
+    return anat.heart_centre, anat.heart_semi
+
+
 def aorta_path(anat: Anatomy) -> list[np.ndarray]:
     """Centre line (zyx mm) of the ascending aorta, the arch and the descending aorta."""
     hz, hy, _ = anat.heart_centre

@@ -12,7 +12,14 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ctclip.synth.anatomy import HU, Anatomy, AnatomyPainter, aorta_path, effusion_level
+from ctclip.synth.anatomy import (
+    HU,
+    Anatomy,
+    AnatomyPainter,
+    aorta_path,
+    effusion_level,
+    heart_geometry,
+)
 from ctclip.synth.findings import Finding
 from ctclip.synth.geometry import Canvas, Grid, segment_distance
 from ctclip.synth.lungs import Segment, paint_tree
@@ -52,11 +59,10 @@ def render(
     if heart:  # the enlargement: heart voxels that a normal heart would not fill
         normal = Canvas(grid)
         an = scene.anat
-        inside = normal.blob(
+        normal.blob(
             an.heart_centre, an.heart_semi + 5.0, 0.0, an.heart_angle, record=normal.mask('h')
         )
         records['Cardiomegaly'] = cv.masks['heart'] & ~normal.masks['h']
-        del inside
     for name in ORDER:
         f = _get(scene, name, omit)
         if name == 'tree':
@@ -205,15 +211,10 @@ class FindingPainter:
 
     def pericardial(self, f: Finding, rec: np.ndarray) -> None:
         an = self.scene.anat
-        heart = _get(self.scene, 'Cardiomegaly', frozenset())
-        centre, semi = (
-            (heart.parts[0]['centre'], heart.parts[0]['semi'])
-            if heart
-            else (an.heart_centre, an.heart_semi)
-        )
+        centre, semi = heart_geometry(an, _get(self.scene, 'Cardiomegaly', frozenset()))
         t = f.parts[0]['thickness']
         outer_c = centre + np.array([-t * 0.2, t * 0.25, 0.0])
-        mask = self.cv.blob(outer_c, semi + 5.0 + t + 2.0, HU['muscle'], an.heart_angle, record=rec)
+        self.cv.blob(outer_c, semi + 5.0 + t + 2.0, HU['muscle'], an.heart_angle, record=rec)
         self.cv.blob(outer_c, semi + 5.0 + t, f.parts[0]['hu'], an.heart_angle)
         self.cv.blob(centre, semi + 4.0, HU['fat'], an.heart_angle)
         inner = np.zeros_like(rec)
@@ -221,16 +222,10 @@ class FindingPainter:
         self.cv.blob(centre, semi, HU['blood'], an.heart_angle)
         rec &= ~inner
         self.anatomy.carve(rec)
-        del mask
 
     def coronary(self, f: Finding, rec: np.ndarray) -> None:
         an = self.scene.anat
-        heart = _get(self.scene, 'Cardiomegaly', frozenset())
-        centre, semi = (
-            (heart.parts[0]['centre'], heart.parts[0]['semi'])
-            if heart
-            else (an.heart_centre, an.heart_semi)
-        )
+        centre, semi = heart_geometry(an, _get(self.scene, 'Cardiomegaly', frozenset()))
         c, s = np.cos(an.heart_angle), np.sin(an.heart_angle)
         for p in f.parts:
             dirs = np.array(CORONARIES[p['artery']], float)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ctclip.synth import radchestct
-from ctclip.synth.anatomy import Anatomy, sample_anatomy
+from ctclip.synth.anatomy import Anatomy, heart_geometry, sample_anatomy
 from ctclip.synth.findings import Finding, FindingSampler
 from ctclip.synth.geometry import Grid
 from ctclip.synth.layouts import SCANNERS
@@ -148,12 +148,7 @@ def _presence(task: ScanTask, age_factor: float) -> set[str]:
 
 def _crowded_map(anat: Anatomy, findings: dict[str, Finding]) -> PlacementMap:
     """The lungs left once an enlarged heart, pericardial fluid and pleural fluid take their space."""
-    heart = findings.get('Cardiomegaly')
-    centre, semi = (
-        (heart.parts[0]['centre'], heart.parts[0]['semi'])
-        if heart
-        else (anat.heart_centre, anat.heart_semi)
-    )
+    centre, semi = heart_geometry(anat, findings.get('Cardiomegaly'))
     peri = findings.get('Pericardial effusion')
     if peri:
         semi = semi + peri.parts[0]['thickness'] + 6.0
