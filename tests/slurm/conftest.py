@@ -23,6 +23,7 @@ from tests.conftest import ROOT, SHARED
 SLURM_DIR = ROOT / 'slurm'
 SLURM_LOCAL = SHARED / 'tools' / 'slurm-local.sh'
 SLURM_ROOT = Path(os.environ.get('SLURM_LOCAL_ROOT', '/tmp/slurm-local'))
+RESTART_DELAY_S = 3  # > 1 s: see make_eligible_now
 FINAL_STATES = {
     'COMPLETED',
     'FAILED',
@@ -195,11 +196,15 @@ def slurm_log_tail(lines: int = 15) -> str:
 
 
 def make_eligible_now(job_id: str, time_limit_min: int | None = None) -> None:
-    """Skip Slurm's ~2-minute hold on a requeued job (it waits for the old job credential to expire).
+    """Cut Slurm's ~2-minute hold on a requeued job to a few seconds.
 
+    Slurm holds the job so that the old run's revoked credential cannot catch the new one. slurmd
+    compares whole seconds, so a requeued run launched within the second of the revocation is
+    killed with "Job credential revoked" (seen in CI): start it RESTART_DELAY_S seconds from now.
     With `time_limit_min` the requeued run also gets a new limit (so a test's short first limit
     does not interrupt it again).
     """
     limit = [f'TimeLimit={time_limit_min}'] if time_limit_min else []
-    result = _run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now', *limit], timeout=30)
+    start = f'StartTime=now+{RESTART_DELAY_S}'
+    result = _run(['scontrol', 'update', f'JobId={job_id}', start, *limit], timeout=30)
     assert result.returncode == 0, result.stderr
