@@ -1,8 +1,9 @@
 """Inference on an exported model folder: embed volumes and texts, classify zero-shot.
 
-Volumes are windowed and centre-cropped exactly as in evaluation during training: the recipe
-comes from the cache (or the model's config, or the argument), so a model never silently sees
-a different window than the one it was trained with.
+Volumes are windowed and centre-cropped exactly as in evaluation during training: the window
+(or stack of windows, one per input channel) comes from the model's config, which training
+writes, so a model never silently sees a different window than the one it was trained with; the
+crop comes from the cache recipe (or the argument).
 
 Example:
     >>> model = load_model('runs/stage2/final')
@@ -49,7 +50,25 @@ def _resolve_recipe(recipe: Any):
     return get_recipe(recipe if recipe is not None else DEFAULT_RECIPE)
 
 
-def _window(recipe):
+def input_window(model: CTClip, default: Any = None) -> Any:
+    """The window(s) the model was trained with (its config), else `default`, checked against
+    the image tower's input channels so a 1-window model never silently gets 2 channels."""
+    from ctclip.data.transforms import parse_window
+
+    spec = model.config.get('window') or default
+    if spec is None:
+        raise ValueError('the model config names no input window and none was given')
+    window = parse_window(spec)
+    in_chans = int(model.config['vision_cfg'].get('in_chans', 1))
+    if window.channels != in_chans:
+        raise ValueError(
+            f'the image tower takes {in_chans} input channel(s) but the window gives '
+            f'{window.channels} ({window}); make data.window and vision_cfg.in_chans agree'
+        )
+    return window
+
+
+def _recipe_window(recipe):
     from ctclip.data.transforms import Window
 
     return Window(*recipe.window_hu, *recipe.window_out)
@@ -57,7 +76,9 @@ def _window(recipe):
 
 @torch.inference_mode()
 def _embed_image_batch(model: CTClip, arrays: list[np.ndarray]) -> np.ndarray:
-    batch = torch.from_numpy(np.stack(arrays)[:, None]).to(_device(model))
+    from ctclip.data.transforms import as_channels
+
+    batch = torch.from_numpy(np.stack([as_channels(a) for a in arrays])).to(_device(model))
     return model.encode_image(batch)['image_features'].float().cpu().numpy()
 
 
@@ -94,7 +115,7 @@ def embed_volumes(
         raise KeyError(f'{len(missing)} volume ids are not in the cache, e.g. {missing[:3]}')
     recipe = cache.recipe
     size = tuple(int(s) for s in (crop_zyx or recipe.crop_zyx))
-    window = _window(recipe)
+    window = input_window(model, _recipe_window(recipe))
     model.eval()
     rows, pending = [], []
     for volume_id in tqdm(ids, desc='embed volumes', unit='vol', disable=not progress):
@@ -233,7 +254,7 @@ def classify_volume(
         from preprocessing.pipeline import process_row
 
         hu, _ = process_row({'path': str(Path(path_or_array))}, recipe)
-    window, size = _window(recipe), recipe.crop_zyx
+    window, size = input_window(model, _recipe_window(recipe)), recipe.crop_zyx
     start = crop_start(hu.shape, size, None)
     crop = hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
     volume = window(pad_to(np.asarray(crop), size, window.pad_value_hu))

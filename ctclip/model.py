@@ -84,6 +84,7 @@ def _normalize_config(config: dict[str, Any]) -> dict[str, Any]:
         'evidence_cfg',
         'init_logit_scale',
         'recipe',
+        'window',  # the HU window(s) training used, one per input channel (ctclip.inference)
     }
     unknown = sorted(set(config) - known)
     if unknown:

@@ -12,7 +12,14 @@ import numpy as np
 from ctclip.data.dataset import CTVolumeDataset, open_volume_cache
 from ctclip.data.sampling import paired_plan, patient_fraction_split, select_split
 from ctclip.data.text import Tokenize, build_text_table, load_evidence, load_labels, load_reports
-from ctclip.data.transforms import Window, build_augment, parse_size, recipe_crop, recipe_window
+from ctclip.data.transforms import (
+    AnyWindow,
+    build_augment,
+    parse_size,
+    parse_window,
+    recipe_crop,
+    recipe_window,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -100,12 +107,12 @@ def split_masks(index: CacheIndex, cfg: Mapping, seed: int) -> tuple[np.ndarray,
     return train, val
 
 
-def resolve_crop_window(cfg: Mapping, recipe: Mapping) -> tuple[tuple[int, int, int], Window]:
+def resolve_crop_window(cfg: Mapping, recipe: Mapping) -> tuple[tuple[int, int, int], AnyWindow]:
     """Config values win over the cache recipe; the recipe is the default."""
     crop = (
         parse_size(cfg['crop_zyx'], 'data.crop_zyx') if cfg.get('crop_zyx') else recipe_crop(recipe)
     )
-    window = Window.parse(cfg['window']) if cfg.get('window') else recipe_window(recipe)
+    window = parse_window(cfg['window']) if cfg.get('window') else recipe_window(recipe)
     if crop is None:
         raise ValueError('data.crop_zyx must be set: the cache recipe names no training crop')
     if window is None:
@@ -170,12 +177,8 @@ def build_datasets(
         )
 
     train_ds = make(train_mask, True)
-    train_ds.recipe = {
-        **index.recipe,
-        'window_hu': [window.hu_min, window.hu_max],
-        'window_out': [window.out_min, window.out_max],
-        'train_crop_zyx': list(crop),
-    }
+    train_ds.recipe = {**index.recipe, 'train_crop_zyx': list(crop)}
+    train_ds.window = window
     if cfg.get('max_val_volumes'):
         keep = np.flatnonzero(val_mask)[: int(cfg['max_val_volumes'])]
         val_mask = np.zeros_like(val_mask)

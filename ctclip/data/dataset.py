@@ -16,7 +16,7 @@ import torch
 
 from ctclip.data.sampling import sample_rng
 from ctclip.data.text import TextTable
-from ctclip.data.transforms import Window, read_window_crop
+from ctclip.data.transforms import AnyWindow, read_window_crop
 
 _logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class CTVolumeDataset(torch.utils.data.Dataset):
         shapes: (z, y, x) shape of each volume, read once from the cache attributes.
         table: labels, report tokens and evidence aligned with `volume_ids`.
         crop_zyx: crop size; random for training, centre for evaluation.
-        window: HU window and output range.
+        window: HU window and output range, or a stack of them (one channel each).
         paired: bool [N], studies whose image keeps its own report (limited pairing).
         train: random crops and unpaired partners when True; centre crops, own report when False.
         pseudo_labels: float [N, 18] stage-1 probabilities used for unpaired images.
@@ -52,7 +52,7 @@ class CTVolumeDataset(torch.utils.data.Dataset):
         shapes: Sequence[Sequence[int]],
         table: TextTable,
         crop_zyx: Sequence[int],
-        window: Window,
+        window: AnyWindow,
         paired: np.ndarray | None = None,
         train: bool = True,
         pseudo_labels: np.ndarray | None = None,
@@ -87,7 +87,7 @@ class CTVolumeDataset(torch.utils.data.Dataset):
         return self._cache
 
     def image(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
-        """The windowed [1, D, H, W] crop of one volume."""
+        """The windowed [C, D, H, W] crop of one volume (C: the number of windows)."""
         volume_id = self.volume_ids[index]
         try:
             array = read_window_crop(
@@ -97,7 +97,7 @@ class CTVolumeDataset(torch.utils.data.Dataset):
             raise RuntimeError(
                 f'Cannot read volume {volume_id!r} from {self.cache_path}: {error}'
             ) from error
-        tensor = torch.from_numpy(np.ascontiguousarray(array))[None]
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.augment is not None and rng is not None:
             torch.manual_seed(int(rng.integers(2**31)))
             tensor = self.augment(tensor)

@@ -37,6 +37,13 @@ class Window:
     def __repr__(self) -> str:
         return f'Window([{self.hu_min}, {self.hu_max}] -> [{self.out_min}, {self.out_max}])'
 
+    channels = 1
+
+    @property
+    def spec(self) -> list[float]:
+        """The `[hu_min, hu_max, out_min, out_max]` that `parse_window` reads back (model configs)."""
+        return [self.hu_min, self.hu_max, self.out_min, self.out_max]
+
     @classmethod
     def parse(cls, spec: Any) -> Window:
         """From `[lo, hi]`, `[lo, hi, out_lo, out_hi]` or a mapping with hu_min/hu_max/out_min/out_max."""
@@ -59,6 +66,58 @@ class Window:
         if isinstance(spec, Sequence) and len(spec) in (2, 4) and not isinstance(spec, str):
             return cls(*[float(v) for v in spec])
         raise ValueError(f'Window must be [hu_min, hu_max] or a mapping, not {spec!r}')
+
+
+class WindowStack:
+    """Several windows of the same crop, stacked as input channels [C, D, H, W].
+
+    One window cannot show lung and mediastinum at once: [-1000, 200] HU leaves fluid, fat, lymph
+    nodes and calcium a few percent of its range, so a second, soft-tissue window gives the encoder
+    that contrast back as a channel (the model's `in_chans` must match).
+    """
+
+    def __init__(self, windows: Sequence[Window]):
+        if len(windows) < 2:
+            raise ValueError(f'WindowStack needs at least two windows, not {len(windows)}')
+        self.windows = list(windows)
+
+    @property
+    def channels(self) -> int:
+        return len(self.windows)
+
+    @property
+    def spec(self) -> list[list[float]]:
+        return [w.spec for w in self.windows]
+
+    @property
+    def pad_value_hu(self) -> float:
+        """Air: the lowest window start, which every window maps to its lower end."""
+        return min(w.hu_min for w in self.windows)
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray:
+        return np.stack([w(hu) for w in self.windows])
+
+    def __repr__(self) -> str:
+        return f'WindowStack({self.windows})'
+
+
+AnyWindow = Window | WindowStack
+
+
+def parse_window(spec: Any) -> AnyWindow:
+    """One window (`[lo, hi]`, `[lo, hi, out_lo, out_hi]`, a mapping) or a list of them as channels."""
+    if isinstance(spec, (Window, WindowStack)):
+        return spec
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and spec:
+        if all(isinstance(w, (Sequence, Mapping)) and not isinstance(w, str) for w in spec):
+            windows = [Window.parse(w) for w in spec]
+            return windows[0] if len(windows) == 1 else WindowStack(windows)
+    return Window.parse(spec)
+
+
+def as_channels(array: np.ndarray) -> np.ndarray:
+    """[D, H, W] from one window or [C, D, H, W] from a stack, always as [C, D, H, W]."""
+    return array[None] if array.ndim == 3 else array
 
 
 def _first(mapping: Mapping, keys: Sequence[str], default: Any = None) -> Any:
@@ -134,15 +193,15 @@ def read_window_crop(
     volume_id: str,
     shape: Sequence[int],
     size: Sequence[int],
-    window: Window,
+    window: AnyWindow,
     rng: np.random.Generator | None,
 ) -> np.ndarray:
-    """Read only the crop from the cache, pad small volumes with air, window to float32."""
+    """Read only the crop from the cache, pad small volumes with air, window to float32 [C, D, H, W]."""
     start = crop_start(shape, size, rng)
     read_size = tuple(min(int(d), int(s)) for d, s in zip(shape, size, strict=False))
     hu = np.asarray(cache.read_crop(volume_id, start, read_size))
     hu = pad_to(hu, size, window.pad_value_hu)
-    return window(hu)
+    return as_channels(window(hu))
 
 
 def build_augment(spec: Mapping | None) -> Any:

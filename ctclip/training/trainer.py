@@ -17,6 +17,7 @@ from ctclip.data.builder import build_datasets
 from ctclip.data.dataset import collate
 from ctclip.data.sampling import StepSampler
 from ctclip.data.text import model_tokenizer
+from ctclip.inference import input_window
 from ctclip.training import checkpoint as ckpt
 from ctclip.training import engine as eng
 from ctclip.training.evaluation import evaluate
@@ -52,6 +53,7 @@ class Trainer:
         self.train_ds, self.val_ds = build_datasets(
             self.cfg['data'], model_tokenizer(self.model), self.seed
         )
+        self.model.config['window'] = input_window(self.model, self.train_ds.window).spec
         if train.get('pseudo_labels'):
             self._barrier()
             attach_pseudo_labels(self.model, self.train_ds, self.out, self.rank, self.world)

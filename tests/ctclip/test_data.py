@@ -10,7 +10,15 @@ from ctclip.data.builder import build_datasets
 from ctclip.data.dataset import collate
 from ctclip.data.sampling import StepSampler, paired_plan, patient_fraction_split, select_split
 from ctclip.data.text import load_evidence, load_labels, report_text, volume_key
-from ctclip.data.transforms import Window, crop_start, pad_to, recipe_crop, recipe_window
+from ctclip.data.transforms import (
+    Window,
+    WindowStack,
+    crop_start,
+    pad_to,
+    parse_window,
+    recipe_crop,
+    recipe_window,
+)
 from llm_labeling.schema import FINDINGS
 from tests.ctclip.training_data import CROP_ZYX, make_cohort
 
@@ -42,6 +50,32 @@ def test_window_maps_hu_to_range_and_rejects_bad_bounds():
         Window(200, -1000)
     with pytest.raises(ValueError, match='Window must be'):
         Window.parse('soft tissue')
+
+
+def test_a_list_of_windows_becomes_one_channel_each():
+    stack = parse_window([[-1000, 200], [-160, 240]])
+    assert isinstance(stack, WindowStack) and stack.channels == 2
+    out = stack(np.array([[-1000, -160, 40, 240]], np.int16))
+    assert out.shape == (2, 1, 4)
+    np.testing.assert_allclose(out[0, 0], [-1, 0.4, 0.7333, 1], atol=1e-3)
+    np.testing.assert_allclose(out[1, 0], [-1, -1, 0, 1])
+    assert stack.pad_value_hu == -1000
+    assert parse_window(stack.spec).spec == stack.spec  # what a model config stores reads back
+    assert isinstance(parse_window([[-1000, 200]]), Window)
+    assert parse_window([-1000, 200]).channels == 1
+    with pytest.raises(ValueError, match='greater than'):
+        parse_window([[-1000, 200], [240, -160]])
+
+
+def test_a_window_stack_gives_multi_channel_crops(cohort):
+    stack = [[-1000, 200], [-160, 240]]
+    train, val = build_datasets({**cohort, 'window': stack}, None, seed=0)
+    single, _ = build_datasets(cohort, None, seed=0)
+    rng = np.random.default_rng(3)
+    x = val.image(0, None)
+    assert x.shape == (2, *CROP_ZYX) and single.image(0, None).shape == (1, *CROP_ZYX)
+    assert train.window.spec == [[-1000.0, 200.0, -1.0, 1.0], [-160.0, 240.0, -1.0, 1.0]]
+    assert train.image(1, rng).shape == (2, *CROP_ZYX)
 
 
 def test_recipe_window_and_crop_from_cache_recipe():

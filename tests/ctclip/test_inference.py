@@ -11,6 +11,7 @@ from ctclip.inference import (
     classify_volume,
     embed_texts,
     embed_volumes,
+    input_window,
     load_model,
     parse_templates,
     zero_shot_scores,
@@ -192,3 +193,37 @@ def test_classify_volume_uses_the_recipe_saved_with_the_model(model, cache_path,
     assert classify_volume(reloaded, hu) == pytest.approx(
         classify_volume(model, hu, recipe=recipe), rel=1e-5
     )
+
+
+def test_a_model_sees_the_windows_it_was_trained_with(cache_path, recipe, tmp_path):
+    torch.manual_seed(0)
+    built = create_model(
+        'resnet3d-tiny-tinybert', vision_cfg={'block_inplanes': [4, 8, 8, 8], 'in_chans': 2}
+    )
+    built.config['window'] = [[-1000, 200, -1, 1], [-160, 240, -1, 1]]
+    built.save_pretrained(tmp_path / 'two-windows')
+    model = load_model(tmp_path / 'two-windows')
+    assert input_window(model).channels == 2
+    emb = embed_volumes(model, cache_path, IDS[:1], progress=False)
+
+    import h5py
+    import hdf5plugin  # noqa: F401
+
+    with h5py.File(cache_path, 'r') as f:
+        hu = f['volumes'][IDS[0]][()]
+    start = [(s - c) // 2 for s, c in zip(hu.shape, CROP, strict=True)]
+    crop = hu[tuple(slice(a, a + c) for a, c in zip(start, CROP, strict=True))].astype(np.float32)
+    channels = [
+        (np.clip(crop, lo, hi) - lo) / (hi - lo) * 2 - 1 for lo, hi in ((-1000, 200), (-160, 240))
+    ]
+    with torch.no_grad():
+        manual = model(image=torch.from_numpy(np.stack(channels))[None])['image_features'][0]
+    np.testing.assert_allclose(emb[0], manual.numpy(), atol=1e-5)
+    hu_grid = np.zeros(recipe.shape_zyx, np.int16)
+    assert set(classify_volume(model, hu_grid, ['Emphysema'], recipe=recipe)) == {'Emphysema'}
+
+
+def test_a_window_that_does_not_fit_the_tower_fails_clearly(model):
+    with pytest.raises(ValueError, match='1 input channel.*gives 2'):
+        input_window(model, [[-1000, 200], [-160, 240]])
+    assert input_window(model, [-1000, 200]).channels == 1
