@@ -27,6 +27,24 @@ class FindingPatterns:
     excludes: tuple[str, ...] = ()  # the named group `x`, when present, is the vetoed span
 
 
+def typos(stem: str) -> str:
+    """Every spelling one edit away from `stem` after its first letter (a letter dropped, added,
+    changed or two swapped), as a regex. CT-RATE's English has such slips in key words
+    ("atlectasis", "condolidation", "lymphadeopathy"); stems are 8+ letters, so no other word is
+    one edit away. The fixed first letter and the length lookahead keep the search cheap."""
+    head, tail = stem[0], stem[1:]
+    variants = set()
+    for i in range(len(tail) + 1):
+        variants.add(tail[:i] + '[a-z]' + tail[i:])
+        if i < len(tail):
+            variants.add(tail[:i] + tail[i + 1 :])
+            variants.add(tail[:i] + '[a-z]' + tail[i + 1 :])
+        if i < len(tail) - 1:
+            variants.add(tail[:i] + tail[i + 1] + tail[i] + tail[i + 2 :])
+    variants.discard(tail)
+    return f'{head}(?=[a-z]{{{len(tail) - 1}}})(?:' + '|'.join(sorted(variants)) + ')'
+
+
 _NOT_LUNG = (
     r'(?:thyroid|adrenal\w*|liver|hepatic|renal|kidneys?|breasts?|spleen|splenic|pancrea\w*|gland'
     r'|mediastin\w*|mesenter\w*|vertebra\w*|trachea|bronchi|adipose|subcutaneous|axilla\w*|stomach)'
@@ -121,6 +139,7 @@ LEXICON: dict[str, FindingPatterns] = {
     'Cardiomegaly': FindingPatterns(
         triggers=(
             r'\bcardiomegal\w*',
+            rf'\b{typos("cardiomegal")}\w*',
             rf'\b{_HEART},? (?:(?!chamber|cavit|atri|ventric|valv)[\w-]+ ){{0,3}}?(?:increased|enlarged|larger|bigger)\b',
             rf'\b(?:increase\w*|enlargement) (?:in|of) (?:the )?{_HEART}',
             r'\benlarged (?:heart|cardiac)\b|\bcardiac enlargement\b',
@@ -155,22 +174,29 @@ LEXICON: dict[str, FindingPatterns] = {
     ),
     'Lymphadenopathy': FindingPatterns(
         triggers=(
-            r'\blymph ?nodes?\b',
+            r'\blymph[- ]?nodes?\b',
             r'\blymphadenopath\w+',
             r'\blymphadenomegal\w+',
+            rf'\b{typos("lymphadenopath")}\w*',
             r'\badenopath\w+',
             r'\blaps?\b',
         ),
         excludes=(
-            r'\b(?:intrapulmonary|subpleural|intraparenchymal|fissural|perifissural) (?P<x>lymph ?nodes?)',
+            r'\b(?:intrapulmonary|subpleural|intraparenchymal|fissural|perifissural) (?P<x>lymph[- ]?nodes?)',
         ),
     ),
     'Emphysema': FindingPatterns(
-        triggers=(r'\bemphysem\w+', r'\bbullae?\b', r'\bbullous\b', r'\bblebs?\b'),
+        triggers=(
+            r'\bemphysem\w+',
+            r'\bbullae?\b',
+            r'\bbullous\b',
+            r'\bblebs?\b',
+            rf'\b{typos("emphysem")}\w*',
+        ),
         excludes=(r'\bsubcutaneous emphysema\b',),
     ),
     'Atelectasis': FindingPatterns(
-        triggers=(r'\batelecta\w+', r'\bdystelecta\w+'),
+        triggers=(r'\batelecta\w+', r'\bdystelecta\w+', rf'\b{typos("atelecta")}\w*'),
         excludes=(r'\bfibro[- ]?(?P<x>atelecta\w+)',),
     ),
     'Lung nodule': FindingPatterns(
@@ -184,6 +210,9 @@ LEXICON: dict[str, FindingPatterns] = {
             rf'\b(?P<x>nodul\w*)\b[^.;]*\b(?:in|of|on) (?:the )?(?:\w+ )?{_NOT_LUNG}\b',
             r'\bschmorl\w* nodul\w*|\bhypodense nodul\w*',
             r'\bnodular densit\w+ (?:increase|in the)',
+            # A nodule of the pleura itself is not a lung nodule; subpleural/pleural-based ones are.
+            r'(?<![-\w])pleural (?P<x>nodul\w*)',
+            r'\b(?P<x>nodul\w*)(?: [\w-]+){0,3} (?:in|of|on) the pleura\b',
         ),
     ),
     'Lung opacity': FindingPatterns(
@@ -191,6 +220,7 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bground[- ]glass\w*',
             r'\b(?:frosted|matte?|icy)[- ]glass\w*|\bicy density',
             r'\bopacit\w+',
+            r'\bopacification\w*',
             r'\binfiltrat\w+',
             rf'\b(?:{_LUNG_PLACE})\b[^.;]*?(?P<t>{_DENSITY_UP})',
             rf'\b(?P<t>{_DENSITY_UP})(?=[^.;]*\b(?:{_LUNG_PLACE})\b)',
@@ -216,6 +246,7 @@ LEXICON: dict[str, FindingPatterns] = {
     'Pulmonary fibrotic sequela': FindingPatterns(
         triggers=(
             r'\bfibro(?:sis|tic|[- ]?atel\w+)\b',
+            rf'\b{typos("fibrotic")}\b',
             r'\bsequela\w*',
             r'\bparenchymal bands?\b',
             r'\bscar\w*',
@@ -260,11 +291,16 @@ LEXICON: dict[str, FindingPatterns] = {
         ),
         excludes=(r'\bnormal (?P<x>thickness)\b',),
     ),
-    'Consolidation': FindingPatterns(triggers=(r'\bconsolidat\w+',)),
-    'Bronchiectasis': FindingPatterns(triggers=(r'\bbronchiecta\w+',)),
+    'Consolidation': FindingPatterns(
+        triggers=(r'\bconsolidat\w+', rf'\b{typos("consolidat")}\w*'),
+    ),
+    'Bronchiectasis': FindingPatterns(
+        triggers=(r'\bbronchiecta\w+', rf'\b{typos("bronchiecta")}\w*'),
+    ),
     'Interlobular septal thickening': FindingPatterns(
         triggers=(
             r'\bsepta\w*\b[^.;]{0,30}?\bthick\w*',
+            r'\b(?:inter|intra)-?septa\w*\b[^.;]{0,30}?\bthick\w*',  # "interseptal thickening"
             r'\bthick\w*[^.;]{0,30}?\b(?:inter|intra)\w*[- ]?septa\w*',
             r'\binterlobular sept\w*',
             r'\bthickened (?:\w+ )?septa\b',
@@ -293,7 +329,8 @@ NEGATION_PRE: tuple[str, ...] = (
 )
 NEGATION_POST: tuple[str, ...] = (
     r'\b(?:was|were|is|are|has been|have been)\s+not\s+\w+',
-    r'\bnot\s+(?:observed|detected|seen|identified|noted|found|present|visualized|monitored)\b',
+    r'\bnot\s+(?:be\s+)?(?:observed|detected|seen|identified|noted|found|present|visualized|monitored)\b',
+    r'\b(?:(?:is|are|was|were) )?no longer (?:be )?(?:observed|detected|seen|identified|visible|visualized|present)\b',
     r'\b(?:is|are|was|were)\s+(?:within\s+|of\s+)?normal(?:\s+limits)?\b',
     r'\bnone\b',
     r'\b(?:or|is|are|was|were) absent\b',
@@ -332,7 +369,7 @@ PSEUDO_NEGATION: tuple[str, ...] = (
     r'\bnon-?pathologic\w*',
     r'\bno (?:significant |marked |remarkable )?(?:difference|change|progression|regression)\b',
     r'\b(?:did|does|do|has|have|had)? ?not (?:\w+ )?(?:change|differ)\w*',
-    r'\bnot (?:present|observed|detected|seen|visualized) (?:in|on) (?:the |his |her )?(?:previous|prior|old|last)\b',
+    r'\b(?:could |can )?not (?:be )?(?:present|observed|detected|seen|visualized) (?:in|on) (?:the |his |her )?(?:previous|prior|old|last)\b',
     r'\bnot typical\b',
     r'\bnot only\b',
     r'\bnot (?:be )?(?:evaluated|assessed|characterized|distinguished|differentiated)\b',

@@ -68,6 +68,9 @@ _EXTENT = re.compile(
     _FLAGS,
 )
 _BILATERAL = re.compile(r'\b(bilateral(?:ly)?)\b', _FLAGS)
+# A question in parentheses ("... pattern (small airway disease?)") doubts a cause, not the finding
+# outside it. The second form is an aside the sentence splitter cut open ("atelectasis?)").
+_ASIDE = re.compile(r'\([^()]*\?[^()]*(?:\)|$)|^[^()]*\?\s*\)')
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class _Clause:
     start: int
     end: int
     text: str
+    lead: int = 0  # where the clause proper starts after a verbless opener ("In the hila, ...")
 
 
 @dataclass(frozen=True)
@@ -195,31 +199,62 @@ class RulesLabeler:
         clauses = []
         for s_start, s_end in _segments(text, _SENTENCE_END):
             sentence = text[s_start:s_end]
-            for c_start, c_end in _segments(sentence, self._lex.clause_break, s_start):
-                clauses.append(_Clause(c_start, c_end, text[c_start:c_end]))
+            pieces = _segments(sentence, self._lex.clause_break, s_start)
+            for i, (c_start, c_end) in enumerate(pieces):
+                lead = 0
+                if i and self._is_lead_in(text[clauses[-1].start : clauses[-1].end]):
+                    lead = c_start - clauses[-1].start  # "In the hila, no lymph node is seen"
+                    c_start = clauses.pop().start
+                clauses.append(_Clause(c_start, c_end, text[c_start:c_end], lead))
         return clauses
+
+    def _is_lead_in(self, piece: str) -> bool:
+        """A verbless locative opener ("In mediastinal lymph node stations") belongs to the
+        clause after it, so a negation there also covers the words it places."""
+        return bool(_LOCATIVE_INTRO.match(piece)) and not self._lex.verb.search(piece)
 
     def _mentions(self, clause: _Clause, names: Iterable[str]) -> list[_Mention]:
         out = []
+        asides = [m.span() for m in _ASIDE.finditer(clause.text)]
         for name in names:
             if not self._lex.gates[name].search(clause.text):
                 continue
             excluded = [
                 _veto_span(m) for rx in self._lex.excludes[name] for m in rx.finditer(clause.text)
             ]
+            # Only offered as a questioned cause of something else: not labelled (dev convention).
+            excluded += asides
             for rx in self._lex.triggers[name]:
                 for match in rx.finditer(clause.text):
                     start, end = match.span('t') if 't' in rx.groupindex else match.span()
                     if _overlaps((start, end), excluded):
                         continue
-                    status = self._status(clause.text, start, end)
+                    if self._named_in_negated_opener(clause, name, end):
+                        status = Status.ABSENT
+                    else:
+                        status = self._status(clause.text, start, end, asides)
                     out.append(_Mention(name, status, clause, start, end))
                     break
         return out
 
-    def _status(self, text: str, start: int, end: int) -> Status:
-        """Negated hedges ("cannot be excluded") first, then scoped negation, then other hedges."""
+    def _named_in_negated_opener(self, clause: _Clause, name: str, end: int) -> bool:
+        """In "In the lymph node stations, no lymph node is seen" the opener only names the
+        place of what the negated clause denies; it counts only when the same finding is named
+        again after the negation."""
+        return (
+            end <= clause.lead
+            and self._lex.neg_pre.match(clause.text, clause.lead) is not None
+            and self._lex.gates[name].search(clause.text, clause.lead) is not None
+        )
+
+    def _status(
+        self, text: str, start: int, end: int, asides: Iterable[tuple[int, int]] = ()
+    ) -> Status:
+        """Negated hedges ("cannot be excluded") first, then scoped negation, then other hedges;
+        a questioned aside in parentheses hedges only itself."""
         text = self._lex.pseudo_neg.sub(lambda m: ' ' * len(m.group(0)), text)
+        for a, b in asides:
+            text = text[:a] + ' ' * (b - a) + text[b:]
         if self._lex.hedge_negated.search(text):
             return Status.UNCERTAIN
         for cue in self._lex.neg_pre.finditer(text, 0, end):  # a cue inside the trigger counts

@@ -48,7 +48,7 @@ CASES = {
     'Lymphadenopathy': (
         'Lymph nodes that did not reach pathological size were observed in the mediastinum.',
         'No enlarged lymph nodes were detected in prevascular, pre-paratracheal, subcarinal regions.',
-        'Cystic necrotic lesions in the left hilar region (metastatic lymph nodes?).',
+        'Cystic lesions in the left hilar region, suspicious for metastatic lymph nodes.',
     ),
     'Emphysema': (
         'Paraseptal emphysematous changes are observed in the apex of both lungs.',
@@ -58,7 +58,7 @@ CASES = {
     'Atelectasis': (
         'Subsegmental atelectasis is observed in the lower lobes of both lungs.',
         'No atelectasis was detected.',
-        'Consolidation in the right lower lobe (infective? atelectasis?).',
+        'Atelectasis may be present in the right lower lobe.',
     ),
     'Lung nodule': (
         'A 5 mm nodule is observed in the superior segment of the right lung lower lobe.',
@@ -73,7 +73,7 @@ CASES = {
     'Pulmonary fibrotic sequela': (
         'Linear fibrotic sequela changes are observed in the right lung middle lobe.',
         'No fibrotic sequelae were observed.',
-        'Linear densities in the lingula (sequelae?).',
+        'Linear densities in the lingula, possibly sequelae.',
     ),
     'Pleural effusion': (
         'Bilateral pleural effusion reaching 2 cm is observed.',
@@ -83,7 +83,7 @@ CASES = {
     'Mosaic attenuation pattern': (
         'Mosaic attenuation pattern is observed in both lungs.',
         'No mosaic attenuation pattern was observed.',
-        'A mosaic pattern (small airway disease?) is observed in both lungs.',
+        'A mosaic pattern is questionable in both lungs.',
     ),
     'Peribronchial thickening': (
         'Peribronchial thickness increases are observed in the lower lobes of both lungs.',
@@ -103,7 +103,7 @@ CASES = {
     'Interlobular septal thickening': (
         'Interlobular septal thickening is observed in the lower lobes of both lungs.',
         'No interlobular septal thickening was observed.',
-        'Interlobular septal thickening (lymphangitic spread?) in the right lower lobe.',
+        'Interlobular septal thickening is suspected in the right lower lobe.',
     ),
 }
 
@@ -244,6 +244,102 @@ def test_conventions_and_exclusions(labeler, text, finding, expected):
 )
 def test_conventions_added_for_unseen_phrasing(labeler, text, finding, expected):
     assert labeler.annotate('r', text).labels()[finding] == expected
+
+
+@pytest.mark.parametrize(
+    'text, finding, expected',
+    [
+        # A questioned aside in parentheses doubts a cause: the finding outside it is stated ...
+        (
+            'A mosaic pattern (small airway disease?) in both lungs.',
+            'Mosaic attenuation pattern',
+            1,
+        ),
+        (
+            'Septal thickening in the lower lobes (cardiac failure?).',
+            'Interlobular septal thickening',
+            1,
+        ),
+        # ... and a finding named only as that questioned cause is not labelled.
+        ('A soft tissue lesion in the splenic hilum (lymph node?).', 'Lymphadenopathy', 0),
+        ('Linear densities in the lingula (sequelae? atelectasis?).', 'Atelectasis', 0),
+        (
+            'Linear densities in the lingula (sequelae? atelectasis?).',
+            'Pulmonary fibrotic sequela',
+            0,
+        ),
+        ('A nodule of 4 mm on the fissure (intrapulmonary lymph node?).', 'Lung nodule', 1),
+        # Without parentheses the question still hedges the whole clause.
+        ('Atelectasis in the right lower lobe?', 'Atelectasis', -1),
+        # A verbless opener before ", no ..." is inside the negation.
+        (
+            'In the lymph node stations, no lymph node of pathological size is seen.',
+            'Lymphadenopathy',
+            0,
+        ),
+        ('In the mediastinum, there are lymph nodes under 1 cm.', 'Lymphadenopathy', 1),
+        ('In the right lower lobe with atelectasis, no effusion is seen.', 'Atelectasis', 1),
+        # A nodule of the pleura itself is not a lung nodule; subpleural and pleural-based ones are.
+        ('A pleural nodule of 8 mm near the minor fissure.', 'Lung nodule', 0),
+        ('Nodular lesions are seen in the pleura on the right.', 'Lung nodule', 0),
+        ('A subpleural nodule of 3 mm in the left lower lobe.', 'Lung nodule', 1),
+        ('A pleural-based nodule of 4 mm in the lingula.', 'Lung nodule', 1),
+        # "could not be observed" and "no longer visible" negate; "could not be observed in the
+        # previous examination" does not.
+        ('Pleural effusion could not be observed.', 'Pleural effusion', 0),
+        ('The nodule in the lingula is no longer visible.', 'Lung nodule', 0),
+        (
+            'A new nodule, which could not be observed in the previous examination, is seen.',
+            'Lung nodule',
+            1,
+        ),
+        # Spelling variants: hyphenated lymph-node, opacification, interseptal.
+        ('Mediastinal lymph-nodes under 1 cm.', 'Lymphadenopathy', 1),
+        ('An intrapulmonary lymph-node in the fissure.', 'Lymphadenopathy', 0),
+        ('Opacification in the right lower lobe.', 'Lung opacity', 1),
+        (
+            'Intra- and interseptal thickening in both upper lobes.',
+            'Interlobular septal thickening',
+            1,
+        ),
+        ('Thickening of the interatrial septum.', 'Interlobular septal thickening', 0),
+    ],
+)
+def test_asides_openers_negations_and_spellings(labeler, text, finding, expected):
+    assert labeler.annotate('r', text).labels()[finding] == expected
+
+
+@pytest.mark.parametrize(
+    'text, finding',
+    [
+        ('Linear atlectasis in the middle lobe.', 'Atelectasis'),
+        ('Subsegmental ateectasis in both lower lobes.', 'Atelectasis'),
+        ('A condolidation area in the left lower lobe.', 'Consolidation'),
+        ('Mediastinal lymphadeopathy.', 'Lymphadenopathy'),
+        ('Cardiomeali is observed.', 'Cardiomegaly'),
+        ('Centrilobular emphysemataous changes.', 'Emphysema'),
+        ('Cylindrical bronchiectsis in the lingula.', 'Bronchiectasis'),
+        ('Fibroic bands in the right apex.', 'Pulmonary fibrotic sequela'),
+    ],
+)
+def test_one_letter_typos_in_key_words(labeler, text, finding):
+    assert labeler.annotate('r', text).labels()[finding] == 1
+    negated = labeler.annotate('r', 'No ' + text[0].lower() + text[1:]).labels()[finding]
+    assert negated == 0
+
+
+def test_typo_patterns_spare_other_words():
+    import re
+
+    from llm_labeling.lexicon import typos
+
+    def hits(stem: str, word: str) -> bool:
+        return re.fullmatch(typos(stem) + r'\w*', word) is not None
+
+    assert hits('atelecta', 'atlectasis') and hits('atelecta', 'atelectic')
+    assert not hits('emphysem', 'empyema')  # a pleural infection, not emphysema
+    assert not hits('consolidat', 'considered')
+    assert not hits('fibrotic', 'fibrosis') and not hits('fibrotic', 'fibroid')
 
 
 def test_quotes_are_substrings_and_locations_parsed(labeler):
@@ -430,8 +526,8 @@ def test_real_manual_reports_heldout(tmp_path):
     assert min(per_class.values()) >= HELDOUT_CLASS_FLOOR, per_class
 
 
-HELDOUT_MACRO_FLOOR = 0.94
-HELDOUT_CLASS_FLOOR = 0.78
+HELDOUT_MACRO_FLOOR = 0.95  # measured 0.954
+HELDOUT_CLASS_FLOOR = 0.80  # measured 0.821 (Peribronchial thickening)
 
 
 def test_label_consistency_counts_mixed_groups(labeler):
