@@ -119,6 +119,7 @@ def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path):
     model = CTClip.from_pretrained(final2).eval()
     assert model.prototypes is not None and model.logit_scale.dim() == 0
     assert model.config['recipe']['train_crop_zyx'] == [16, 32, 32]
+    assert model.config['window'] == [-1000.0, 200.0, -1.0, 1.0]  # what inference will apply
     with torch.no_grad():
         out = model(image=torch.zeros(1, 1, 16, 32, 32))
     assert out['image_features'].shape == (1, 64)
