@@ -75,6 +75,27 @@ def term_enabled(loss_cfg: Mapping, name: str) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
+def uses_text(loss_cfg: Mapping) -> bool:
+    """Whether any enabled loss term needs the text tower."""
+    bce = loss_cfg.get('bce')
+    return any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or bool(
+        isinstance(bce, Mapping) and bce.get('text')
+    )
+
+
+def freeze_unused_text(model: torch.nn.Module, loss_cfg: Mapping) -> bool:
+    """Leave the text tower out of the optimizer when no loss term runs it (stage 1).
+
+    Otherwise AdamW still steps its ~22M zero-gradient weights every step: a large share of a
+    small image model's step time on CPU, and weight decay would shrink weights nothing trains.
+    """
+    if uses_text(loss_cfg):
+        return False
+    for module in (model.text, model.text_proj):
+        module.requires_grad_(False)
+    return True
+
+
 def model_inputs(
     batch: Mapping, loss_cfg: Mapping, device: torch.device, image_dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
@@ -83,10 +104,7 @@ def model_inputs(
     With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match.
     """
     keys = ['image']
-    bce = loss_cfg.get('bce')
-    if any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or (
-        isinstance(bce, Mapping) and bce.get('text')
-    ):
+    if uses_text(loss_cfg):
         keys += ['input_ids', 'attention_mask']
     if term_enabled(loss_cfg, 'evidence'):
         keys += ['evidence_input_ids', 'evidence_attention_mask']

@@ -90,6 +90,7 @@ class Trainer:
         factor = eng.lr_lambda(
             int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio'])
         )
+        eng.freeze_unused_text(self.model, self.cfg['loss'])
         groups = eng.param_groups(self.model, float(self.cfg['optim']['weight_decay']))
         self.scalar_names = eng.lift_scalar_parameters(self.model)
         self.engine, _, _, self.scheduler = deepspeed.initialize(

@@ -17,6 +17,7 @@ from ctclip.training import train, with_defaults
 from ctclip.training.checkpoint import latest_tag
 from ctclip.training.evaluation import auroc, macro_auroc
 from ctclip.training.logging import read_metrics
+from ctclip.training.stages import build_model
 from ctclip.training.trainer import Interrupted
 from tests.ctclip.training_data import make_cohort
 
@@ -86,8 +87,16 @@ def test_auroc_matches_the_rank_definition():
 def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path):
     from ctclip.model import CTClip
 
-    final1 = train(config(cohort, tmp_path / 's1'))
+    cfg1 = config(cohort, tmp_path / 's1')
+    final1 = train(cfg1)
     run1 = tmp_path / 's1'
+    torch.manual_seed(int(cfg1['train']['seed']))  # as the trainer does: the same initial weights
+    initial = build_model(cfg1['model'], None)
+    trained = CTClip.from_pretrained(final1)
+    for part in ('text', 'text_proj'):  # stage 1 leaves what it never runs untouched
+        before, after = getattr(initial, part).state_dict(), getattr(trained, part).state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), part
+    assert not torch.equal(initial.image_proj.weight, trained.image_proj.weight)
     for name in ('metrics.jsonl', 'training_curves.png', 'resolved_config.yaml', 'tensorboard'):
         assert (run1 / name).exists(), name
     assert latest_tag(run1 / 'checkpoints') == 'step_00000006'
