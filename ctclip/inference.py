@@ -54,18 +54,13 @@ def input_window(model: CTClip, default: Any = None) -> Any:
     """The window(s) the model was trained with (its config), else `default`, checked against
     the image tower's input channels so a 1-window model never silently gets 2 channels."""
     from ctclip.data.transforms import parse_window
+    from ctclip.model import check_window
 
     spec = model.config.get('window') or default
     if spec is None:
         raise ValueError('the model config names no input window and none was given')
-    window = parse_window(spec)
-    in_chans = int(model.config['vision_cfg'].get('in_chans', 1))
-    if window.channels != in_chans:
-        raise ValueError(
-            f'the image tower takes {in_chans} input channel(s) but the window gives '
-            f'{window.channels} ({window}); make data.window and vision_cfg.in_chans agree'
-        )
-    return window
+    check_window(spec, int(model.config['vision_cfg'].get('in_chans', 1)))
+    return parse_window(spec)
 
 
 def _recipe_window(recipe):

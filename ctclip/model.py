@@ -103,7 +103,21 @@ def _normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     evidence = _dataclass_from_dict(EvidenceCfg, config.get('evidence_cfg'), 'evidence_cfg').check()
     config['evidence_cfg'] = asdict(evidence)
     config.setdefault('init_logit_scale', math.log(1 / 0.07))
+    if config.get('window') is not None:
+        check_window(config['window'], int(config['vision_cfg'].get('in_chans', 1)))
     return config
+
+
+def check_window(spec: Any, in_chans: int) -> None:
+    """A window stack gives one channel per window; the tower must take exactly that many."""
+    from ctclip.data.transforms import parse_window
+
+    window = parse_window(spec)
+    if window.channels != in_chans:
+        raise ValueError(
+            f'the image tower takes {in_chans} input channel(s) but the window gives '
+            f'{window.channels} ({window}); make data.window and vision_cfg.in_chans agree'
+        )
 
 
 class CTClip(nn.Module):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ctclip.app.demo import Demo, _cli
 from ctclip.app.pipeline import Pipeline, Stage, write_json_atomic
-from ctclip.config import configs_dir
+from ctclip.config import configs_dir, load_config
 
 _logger = logging.getLogger(__name__)
 
@@ -207,13 +207,21 @@ class Ablation:
             ),
         ]
         arms = [a.name for a in self.plan.arms]
+        names = {'train/stage1-small.yaml', *(a.stage2 for a in self.plan.arms)}
+        configs = {name: load_config(configs_dir() / name) for name in sorted(names)}
         for seed in self.seeds:
             stages.append(
                 Stage(
                     f'ablation_seed{seed}',
                     f'ablation seed {seed}',
                     lambda s, seed=seed: self.run_seed(seed),
-                    {**data, 'arms': arms, 'epochs': [STAGE1_EPOCHS, STAGE2_EPOCHS]},
+                    {
+                        **data,
+                        'arms': arms,
+                        'epochs': [STAGE1_EPOCHS, STAGE2_EPOCHS],
+                        'configs': configs,
+                    },
+                    (self.out / f'seed{seed}',),
                 )
             )
         return stages

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ctclip.app.pipeline import Pipeline, Stage
-from ctclip.config import configs_dir
+from ctclip.config import configs_dir, load_config
 
 _logger = logging.getLogger(__name__)
 
@@ -310,6 +310,10 @@ class Demo:
         c = self.cfg
         base = {'seed': c['seed'], 'recipe': c['recipe']}
         data = {**base, 'n': c['n'], 'n_rad': c['n_rad'], 'data': c['data'], 'layout': c['layout']}
+        # the resolved YAML, not only its path: an edited config must retrain, not resume
+        train_configs = {
+            k: load_config(configs_dir() / c['train'][k]) for k in ('stage1', 'stage2')
+        }
         stages = [
             Stage('synth', 'synthetic cohort', self.synth, data),
             Stage(
@@ -323,19 +327,22 @@ class Demo:
                 'stage1',
                 'train stage 1 (supervised)',
                 self.train_stage1,
-                {**data, 'labeler': c['labeler'], 'train': c['train']},
+                {**data, 'labeler': c['labeler'], 'train': c['train'], 'configs': train_configs},
+                (self.paths['stage1'],),
             ),
             Stage(
                 'stage2',
                 'train stage 2 (evidence-aligned CLIP)',
                 self.train_stage2,
-                {**data, 'labeler': c['labeler'], 'train': c['train']},
+                {**data, 'labeler': c['labeler'], 'train': c['train'], 'configs': train_configs},
+                (self.paths['stage2'],),
             ),
             Stage(
                 'bench_ctrate',
                 'benchmark CT-RATE layout',
                 self.bench_ctrate,
                 {**data, 'train': c['train'], 'bench': c['bench']},
+                (self.paths['bench_ctrate'],),
             ),
         ]
         if self.wants_rad:
@@ -345,6 +352,7 @@ class Demo:
                     'benchmark RAD-ChestCT layout',
                     self.bench_rad,
                     {**data, 'train': c['train'], 'bench': c['bench']},
+                    (self.paths['bench_rad'],),
                 )
             )
         # The report is cheap and always rewritten, so it reflects whatever ran before.

@@ -4,6 +4,10 @@ Each finished stage leaves `stages/<name>.json` (written atomically) holding its
 settings it ran with. A rerun skips stages whose marker matches the current settings, so an
 interrupted demo picks up at the stage it was in; the stage itself resumes from its own outputs
 (the cache, the label cache and the training checkpoints are all resumable).
+
+A stage that runs again because it was forced or its settings changed first removes its declared
+`outputs` (a training run would otherwise resume a checkpoint of the old settings), and every
+stage after a stage that ran runs again too: its inputs changed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,7 @@ class Stage:
     title: str
     run: Callable[[dict], dict]
     settings: dict = field(default_factory=dict)
+    outputs: tuple[Path, ...] = ()  # removed before a rerun with new settings or inputs
 
 
 class Pipeline:
@@ -73,15 +79,20 @@ class Pipeline:
         bar = tqdm(
             total=len(self.stages), desc='ctclip demo', unit='stage', disable=not self.progress
         )
+        upstream_ran = False
         for stage in self.stages:
             bar.set_postfix_str(stage.title)
-            previous = None if stage.name in force else self.done(stage)
+            stale = stage.name in force or upstream_ran
+            previous = None if stale else self.done(stage)
+            if previous is None and (stale or self.marker(stage).exists()):
+                self._clear(stage)
             if previous is not None:
                 tqdm.write(f'[skip] {stage.title}: done before ({self.marker(stage)})')
                 results[stage.name] = previous['summary']
                 bar.update(1)
                 continue
             tqdm.write(f'[run ] {stage.title}')
+            upstream_ran = True
             start = time.time()
             summary = stage.run(stage.settings) or {}
             seconds = time.time() - start
@@ -100,6 +111,15 @@ class Pipeline:
             bar.update(1)
         bar.close()
         return results
+
+    def _clear(self, stage: Stage) -> None:
+        self.marker(stage).unlink(missing_ok=True)
+        for path in stage.outputs:
+            if path.is_dir():
+                tqdm.write(f'[new ] {stage.title}: removing the previous run in {path}')
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
     def timings(self) -> dict[str, float]:
         out = {}

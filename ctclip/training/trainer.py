@@ -50,6 +50,9 @@ class Trainer:
             dump_config(self.cfg, self.out / 'resolved_config.yaml')
         torch.manual_seed(self.seed)  # the same initial weights on every rank
         self.model = build_model(self.cfg['model'], train.get('init_from'))
+        if not self.cfg['data'].get('window') and self.model.config.get('window'):
+            # the model config (or the stage-1 model stage 2 starts from) names its input window
+            self.cfg['data']['window'] = self.model.config['window']
         self.train_ds, self.val_ds = build_datasets(
             self.cfg['data'], model_tokenizer(self.model), self.seed
         )
