@@ -47,6 +47,9 @@ class TextCfg:
     heads: int = 2
     mlp_ratio: int = 4
     freeze: bool = False
+    # with freeze: the top N transformer layers stay trainable (a partial LiT-style lock; the
+    # frozen embeddings and lower layers cost no backward pass and no optimizer state)
+    unlocked_layers: int = 0
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TextCfg:
@@ -63,6 +66,8 @@ class TextCfg:
             )
         if out.context_length < 1:
             raise ValueError(f'text_cfg.context_length must be >= 1, not {out.context_length}')
+        if out.unlocked_layers < 0:
+            raise ValueError(f'text_cfg.unlocked_layers must be >= 0, not {out.unlocked_layers}')
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,7 +254,30 @@ class TextTower(nn.Module):
             self.encoder.pooler = None  # unused (we pool ourselves); unused params upset ZeRO
         self.width = int(self.encoder.config.hidden_size)
         if cfg.freeze:
-            self.encoder.requires_grad_(False)
+            self.lock(cfg.unlocked_layers)
+
+    def lock(self, unlocked_layers: int = 0) -> None:
+        """Freeze the encoder except its top `unlocked_layers` transformer layers."""
+        self.encoder.requires_grad_(False)
+        if unlocked_layers:
+            layers = self._layers()
+            if unlocked_layers > len(layers):
+                raise ValueError(
+                    f'text_cfg.unlocked_layers must be <= the {len(layers)} layers of the text '
+                    f'encoder, not {unlocked_layers}'
+                )
+            for layer in layers[-unlocked_layers:]:
+                layer.requires_grad_(True)
+
+    def _layers(self) -> torch.nn.ModuleList:
+        """The encoder's stack of transformer layers (BERT's `encoder.layer` and the like)."""
+        count = getattr(self.encoder.config, 'num_hidden_layers', None)
+        for module in self.encoder.modules():
+            if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+                return module
+        raise ValueError(
+            f'cannot find the {count} transformer layers of {type(self.encoder).__name__}'
+        )
 
     @property
     def max_length(self) -> int:

@@ -163,3 +163,15 @@ def test_a_model_that_is_not_downloaded_fails_clearly(monkeypatch, tmp_path):
         TextTower(TextCfg(source='hf', path=str(tmp_path)))
     with pytest.raises(ValueError, match='needs text_cfg.path'):
         TextTower(TextCfg(source='hf'))
+
+
+def test_a_partial_lock_leaves_only_the_top_layers_trainable():
+    tower = TextTower(TextCfg(source='minilm', freeze=True, unlocked_layers=2))
+    trainable = {n.split('.')[2] for n, p in tower.encoder.named_parameters() if p.requires_grad}
+    assert trainable == {'4', '5'}  # of MiniLM's six layers; embeddings frozen too
+    frozen = TextTower(TextCfg(source='minilm', freeze=True))
+    assert not any(p.requires_grad for p in frozen.parameters())
+    with pytest.raises(ValueError, match='unlocked_layers must be <= the 6 layers'):
+        TextTower(TextCfg(source='minilm', freeze=True, unlocked_layers=7))
+    with pytest.raises(ValueError, match='unlocked_layers must be >= 0'):
+        TextCfg.from_dict({'unlocked_layers': -1})
