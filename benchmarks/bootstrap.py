@@ -66,7 +66,7 @@ def interval(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nda
     alpha = (1.0 - level) / 2.0
     draws = np.asarray(draws, dtype=np.float64)
     shape = draws.shape[1:]
-    flat = draws.reshape(draws.shape[0], -1)
+    flat = draws.reshape(draws.shape[0], int(np.prod(shape)))  # n_draws may be 0: no interval
     lo = np.full(flat.shape[1], np.nan)
     hi = np.full(flat.shape[1], np.nan)
     has = (~np.isnan(flat)).any(axis=0)

@@ -155,7 +155,7 @@ def classification_draws(
         bins = M.threshold_bins(s[:, c])
         np.add.at(hist, (index[pos], c, 0, bins[pos]), 1.0)
         np.add.at(hist, (index[neg], c, 1, bins[neg]), 1.0)
-    drawn = (counts @ hist.reshape(n_units, -1)).reshape(len(counts), n_classes, 2, -1)
+    drawn = (counts @ hist.reshape(n_units, -1)).reshape(len(counts), *hist.shape[1:])
     out.update(M.threshold_metrics_from_histograms(drawn))
     return out
 

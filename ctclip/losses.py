@@ -277,12 +277,50 @@ class EvidenceLoss:
         return math.log(assignments.shape[-1]) - entropy
 
 
+@dataclass
+class PromptLoss:
+    """Zero-shot prompt alignment: BCE of the zero-shot score itself against the image labels.
+
+    The score is the one `ctclip.inference.zero_shot_scores` computes, sigmoid(scale * (cos(image,
+    positive prompt) - cos(image, negative prompt))), with each class's prompts averaged over
+    `templates` (an embedding ensemble). Reports say "no X" in many ways that a small text tower
+    learns from a few hundred pairs only loosely; this term ties the prompts' own embeddings to the
+    labels. Train on other templates than the benchmark scores with, so a gain is not one phrasing.
+    """
+
+    weight: float = 1.0
+    templates: tuple[str, ...] = ('there-is', 'plain')
+    uncertain: str = 'ignore'
+    name = 'prompt'
+    requires = {
+        'image_features': 'an image batch',
+        'prompt_features': 'prompt_input_ids passed to the model',
+    }
+
+    def texts(self, class_names: list[str]) -> list[str]:
+        """The prompts in the order `prompt_features` must follow: class, template, (pos, neg)."""
+        from ctclip.inference import parse_templates
+
+        pairs = parse_templates(list(self.templates))
+        return [t.format(c=c) for c in class_names for pair in pairs for t in pair]
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        image = outputs['image_features']
+        labels = torch.as_tensor(batch['image_labels'], device=image.device)
+        prompts = outputs['prompt_features'].reshape(labels.shape[1], -1, 2, image.shape[1])
+        pos, neg = (F.normalize(prompts[:, :, i].mean(1), dim=-1) for i in (0, 1))
+        logits = outputs['logit_scale'] * (image @ pos.T - image @ neg.T)
+        has_image = _rows(batch, 'has_image', image.shape[0], image.device)
+        return {'prompt': masked_bce(logits, labels, has_image, self.uncertain)}
+
+
 TERMS = {
     'bce': BCELoss,
     'clip': ClipLoss,
     'multi_positive': MultiPositiveLoss,
     'evidence': EvidenceLoss,
     'text_bce': TextBCELoss,
+    'prompt': PromptLoss,
 }
 # Sub-terms that a term returns beside its own key, and the weight field that scales each.
 _SUBTERM_WEIGHTS = {'bce_text': 'weight', 'evidence_entropy': 'entropy_weight'}
@@ -361,7 +399,7 @@ def create_loss(cfg: dict[str, Any] | None, rank: int = 0, world_size: int = 1) 
     """Build the loss from a config such as `{'bce': 1.0, 'clip': {'weight': 1.0}}`.
 
     Terms with weight 0 or `enabled: false` are skipped. Valid terms: bce, clip, multi_positive,
-    evidence, text_bce (see docs/objective.md).
+    evidence, text_bce, prompt (see docs/objective.md).
 
     Example:
         >>> loss = create_loss({'clip': 1.0, 'evidence': {'weight': 0.5, 'temperature': 0.1}})

@@ -221,8 +221,13 @@ class CTClip(nn.Module):
         attention_mask: torch.Tensor | None = None,
         evidence_input_ids: torch.Tensor | None = None,
         evidence_attention_mask: torch.Tensor | None = None,
+        prompt_input_ids: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {'logit_scale': self.logit_scale.exp().clamp(max=100.0)}
+        if prompt_input_ids is not None:  # [P, L] zero-shot prompts (the `prompt` loss term)
+            text = self.encode_text(prompt_input_ids, prompt_attention_mask)
+            out['prompt_features'] = text['text_features']
         if image is not None:
             out.update(self.encode_image(image))
         if input_ids is not None:

@@ -25,7 +25,7 @@ from ctclip.config import configs_dir
 _logger = logging.getLogger(__name__)
 
 PRECISIONS = ('fp32', 'bf16', 'bf16-autocast')
-TEXT_TERMS = ('clip', 'multi_positive', 'evidence', 'text_bce')
+TEXT_TERMS = ('clip', 'multi_positive', 'evidence', 'text_bce', 'prompt')
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -94,6 +94,20 @@ def freeze_unused_text(model: torch.nn.Module, loss_cfg: Mapping) -> bool:
     for module in (model.text, model.text_proj):
         module.requires_grad_(False)
     return True
+
+
+def prompt_inputs(loss_fn: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The `prompt` term's zero-shot prompts, tokenized once for the whole run ({} without it)."""
+    from llm_labeling.schema import FINDINGS
+
+    term = next((t for t in loss_fn.terms if t.name == 'prompt'), None)
+    if term is None:
+        return {}
+    tokens = model.tokenize(term.texts(list(FINDINGS)))
+    return {
+        'prompt_input_ids': tokens['input_ids'],
+        'prompt_attention_mask': tokens['attention_mask'],
+    }
 
 
 def model_inputs(

@@ -105,6 +105,7 @@ class Trainer:
         from ctclip.losses import create_loss
 
         self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)
+        self.prompts = eng.prompt_inputs(self.loss_fn, self.model)
         self.order = {
             'seed': self.seed,
             'global_batch': self.micro * self.accum * self.world,
@@ -141,7 +142,9 @@ class Trainer:
     def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
         eng.reseed(self.seed, step, micro, self.rank)
         device = self.engine.device
-        outputs = self.engine(**eng.model_inputs(batch, self.cfg['loss'], device, self.image_dtype))
+        inputs = eng.model_inputs(batch, self.cfg['loss'], device, self.image_dtype)
+        inputs.update({k: v.to(device) for k, v in self.prompts.items()})
+        outputs = self.engine(**inputs)
         losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))
         self.engine.backward(losses['loss'])
         self.engine.step()

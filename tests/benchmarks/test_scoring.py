@@ -35,6 +35,19 @@ def test_real_table_point_estimates_match_sklearn():
     assert res['macro']['auroc']['value'] == pytest.approx(np.mean(aucs))
 
 
+def test_no_bootstrap_gives_point_estimates_without_intervals():
+    ids = [f'valid_{i}_a_1.nii.gz' for i in range(6)]
+    labels = Table(ids, ['A'], np.array([[1.0], [0.0], [1.0], [0.0], [1.0], [0.0]]))
+    scores = Table(ids, ['A'], np.array([[0.9], [0.2], [0.4], [0.5], [0.8], [0.1]]))
+    auroc = score(scores, labels, bootstrap=BootstrapConfig(n_draws=0))['macro']['auroc']
+    assert auroc == {
+        'value': pytest.approx(8 / 9),
+        'ci_low': None,
+        'ci_high': None,
+        'n_draws_defined': 0,
+    }
+
+
 def test_per_scan_scoring_aggregates_reconstructions():
     ids = ['valid_1_a_1.nii.gz', 'valid_1_a_2.nii.gz', 'valid_2_a_1.nii.gz', 'valid_3_b_1.nii.gz']
     labels = Table(ids, ['A'], np.array([[1.0], [1.0], [0.0], [0.0]]))

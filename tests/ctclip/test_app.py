@@ -36,7 +36,7 @@ def test_pipeline_skips_finished_stages_and_reruns_changed_ones(tmp_path):
     assert calls == ['a', 'b', 'b'], 'a stage whose settings changed must run again'
 
     Pipeline(tmp_path, changed, progress=False).run(force=('a',))
-    assert calls[-1] == 'a'
+    assert calls[-2:] == ['a', 'b'], 'a forced stage reruns, and so does every stage after it'
 
 
 def test_pipeline_failure_leaves_no_marker_and_resumes_there(tmp_path):

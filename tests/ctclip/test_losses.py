@@ -374,3 +374,34 @@ def test_a_term_without_its_model_outputs_says_what_produces_them():
         )
     with pytest.raises(KeyError, match="'text_bce' needs model outputs 'text_logits'"):
         create_loss({'text_bce': 1.0})({}, {})
+
+
+# ---- zero-shot prompt alignment --------------------------------------------------------------
+def test_prompt_loss_is_the_bce_of_the_benchmarks_zero_shot_score():
+    from ctclip.factory import create_model
+    from ctclip.inference import zero_shot_scores
+    from ctclip.losses import PromptLoss
+    from ctclip.training.engine import prompt_inputs
+    from llm_labeling.schema import FINDINGS
+
+    torch.manual_seed(0)
+    model = create_model('resnet3d-tiny-tinybert', vision_cfg={'block_inplanes': [4, 8, 8, 8]})
+    model.eval()
+    loss = create_loss({'prompt': {'weight': 1.0, 'templates': ['there-is', 'plain']}})
+    tokens = prompt_inputs(loss, model)
+    assert tokens['prompt_input_ids'].shape[0] == len(FINDINGS) * 2 * 2
+    images = torch.randn(3, 1, 16, 32, 32)
+    labels = torch.randint(0, 2, (3, len(FINDINGS))).float()
+    labels[0, 0] = -1.0  # uncertain: ignored
+    with torch.no_grad():
+        out = model(image=images, **tokens)
+        value = loss(out, {'image_labels': labels})['prompt']
+        scores = zero_shot_scores(
+            model, out['image_features'].numpy(), FINDINGS, ['there-is', 'plain'], 'embedding'
+        )
+    known = labels >= 0
+    expected = F.binary_cross_entropy(
+        torch.from_numpy(scores).float()[known], labels[known], reduction='mean'
+    )
+    torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-4)
+    assert PromptLoss().texts(['Emphysema'])[:2] == ['There is Emphysema.', 'There is no Emphysema.']
