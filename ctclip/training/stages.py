@@ -27,6 +27,8 @@ PSEUDO_FILE = 'pseudo_labels.npz'
 def build_model(model_cfg: dict, init_from: str | None) -> torch.nn.Module:
     """The factory model, optionally initialised from an exported model folder (stage 1 -> 2)."""
     from ctclip.factory import create_model
+    from ctclip.model import check_window
+    from ctclip.serialization import read_config
 
     name = model_cfg.get('name')
     if not name:
@@ -39,6 +41,11 @@ def build_model(model_cfg: dict, init_from: str | None) -> torch.nn.Module:
                 f'train.init_from {str(path)!r} does not exist (a stage-1 final/ folder)'
             )
         report = model.init_from(str(path), strict=False)
+        saved_window = read_config(path).get('window')
+        if saved_window and not model.config.get('window'):
+            # stage 2 sees what stage 1 was trained on unless its config says otherwise
+            check_window(saved_window, int(model.config['vision_cfg'].get('in_chans', 1)))
+            model.config['window'] = saved_window
         _logger.info(
             'Initialised from %s: %d tensors loaded, new: %s',
             path,

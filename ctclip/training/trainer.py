@@ -49,7 +49,11 @@ class Trainer:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.cfg, self.out / 'resolved_config.yaml')
         torch.manual_seed(self.seed)  # the same initial weights on every rank
-        self.model = build_model(self.cfg['model'], train.get('init_from'))
+        model_cfg = self.cfg['model']
+        if self.cfg['data'].get('window'):  # data.window wins over the model config's own
+            overrides = {**(model_cfg.get('overrides') or {}), 'window': self.cfg['data']['window']}
+            model_cfg = {**model_cfg, 'overrides': overrides}
+        self.model = build_model(model_cfg, train.get('init_from'))
         if not self.cfg['data'].get('window') and self.model.config.get('window'):
             # the model config (or the stage-1 model stage 2 starts from) names its input window
             self.cfg['data']['window'] = self.model.config['window']

@@ -238,3 +238,32 @@ def test_cli_stops_with_status_0_and_the_rerun_finishes(cohort, tmp_path, capsys
     assert main(argv) == 0
     assert (tmp_path / 'run' / 'final' / 'model.safetensors').exists()
     assert [s for s, _ in losses(tmp_path / 'run')] == [1, 2, 3]
+
+
+def test_data_window_stack_overrides_the_model_window_and_travels_to_stage_2(cohort, tmp_path):
+    from ctclip.model import CTClip
+
+    stack = [[-1000, 200], [-160, 240]]
+    cfg1 = config(cohort, tmp_path / 's1', data={'window': stack}, train={'steps': 2})
+    cfg1['model']['overrides']['vision_cfg'] = {
+        **cfg1['model']['overrides'].get('vision_cfg', {}),
+        'in_chans': 2,
+    }
+    final1 = train(cfg1)
+    assert CTClip.from_pretrained(final1).config['window'] == [
+        [-1000.0, 200.0, -1.0, 1.0],
+        [-160.0, 240.0, -1.0, 1.0],
+    ]
+    cfg2 = config(
+        cohort,
+        tmp_path / 's2',
+        'stage2-clip-small.yaml',
+        train={'init_from': str(final1), 'steps': 2},
+    )
+    cfg2['model']['overrides']['vision_cfg'] = cfg1['model']['overrides']['vision_cfg']
+    cfg2['data']['window'] = None  # stage 2 takes the window the stage-1 model config names
+    final2 = train(cfg2)
+    assert (
+        CTClip.from_pretrained(final2).config['window']
+        == CTClip.from_pretrained(final1).config['window']
+    )
