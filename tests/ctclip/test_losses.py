@@ -404,4 +404,7 @@ def test_prompt_loss_is_the_bce_of_the_benchmarks_zero_shot_score():
         torch.from_numpy(scores).float()[known], labels[known], reduction='mean'
     )
     torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-4)
-    assert PromptLoss().texts(['Emphysema'])[:2] == ['There is Emphysema.', 'There is no Emphysema.']
+    assert PromptLoss().texts(['Emphysema'])[:2] == [
+        'There is Emphysema.',
+        'There is no Emphysema.',
+    ]
