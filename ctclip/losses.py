@@ -405,13 +405,17 @@ def create_loss(cfg: dict[str, Any] | None, rank: int = 0, world_size: int = 1) 
         >>> loss = create_loss({'clip': 1.0, 'evidence': {'weight': 0.5, 'temperature': 0.1}})
         >>> values = loss(model(**batch_inputs), batch)  # values['loss'].backward()
     """
-    cfg = dict(cfg or {})
+    return CombinedLoss(active_terms(cfg), rank=rank, world_size=world_size)
+
+
+def active_terms(cfg: dict[str, Any] | None) -> list[Any]:
+    """The terms a loss config switches on: the one definition the engine also asks (it feeds
+    the model only the inputs these terms need). Disabled terms are still validated."""
     terms = []
-    for name, spec in cfg.items():
-        if isinstance(spec, dict) and spec.get('enabled') is False:
-            build_term(name, spec)  # still validated
-            continue
+    for name, spec in dict(cfg or {}).items():
         term = build_term(name, spec)
+        if isinstance(spec, dict) and spec.get('enabled') is False:
+            continue
         if term.weight > 0 or getattr(term, 'entropy_weight', 0) > 0:
             terms.append(term)
-    return CombinedLoss(terms, rank=rank, world_size=world_size)
+    return terms

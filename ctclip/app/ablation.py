@@ -96,7 +96,7 @@ def ablation_plan() -> Plan:
                 f'evidence-10% without {term}',
                 'loss terms',
                 evidence,
-                (LIMITED, f'loss.{term}.weight=0.0'),
+                (LIMITED, f'loss.{term}.enabled=false'),
                 stage1='limited',
             )
         )

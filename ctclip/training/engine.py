@@ -66,13 +66,11 @@ def _free_port() -> int:
 
 
 def term_enabled(loss_cfg: Mapping, name: str) -> bool:
-    """A loss term is on when present with a positive weight (and not `enabled: false`)."""
-    value = loss_cfg.get(name)
-    if isinstance(value, Mapping):
-        return bool(value.get('enabled', True)) and float(value.get('weight', 1.0)) > 0
-    if isinstance(value, bool):
-        return value
-    return isinstance(value, (int, float)) and value > 0
+    """Whether `create_loss` switches the term on (an evidence term with weight 0 but an entropy
+    weight still runs, and still needs the evidence inputs)."""
+    from ctclip.losses import active_terms
+
+    return any(term.name == name for term in active_terms(dict(loss_cfg)))
 
 
 def uses_text(loss_cfg: Mapping) -> bool:

@@ -9,7 +9,8 @@ import pytest
 from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, render_table, summarise
 from ctclip.app.pipeline import Pipeline, Stage
 from ctclip.app.report import render_html
-from ctclip.config import configs_dir, get_dotted, load_config
+from ctclip.config import apply_overrides, configs_dir, get_dotted, load_config
+from ctclip.losses import active_terms
 
 
 def _counting_stage(name: str, calls: list[str], settings: dict | None = None) -> Stage:
@@ -85,9 +86,16 @@ def test_ablation_arms_are_valid_configs():
     for arm in plan.arms:
         cfg = load_config(configs_dir() / arm.stage2)
         for token in arm.overrides:
-            key = token.split('=')[0]
+            key = token.split('=')[0].removesuffix('.enabled')
             assert get_dotted(cfg, key) is not None, f'{arm.name}: {key} is not in {arm.stage2}'
         assert arm.stage1 in (None, *plan.stage1)
+        if ' without ' in arm.name and arm.name.split(' without ')[1] in EVIDENCE_TERMS:
+            term = arm.name.split(' without ')[1]
+            before = {t.name for t in active_terms(cfg['loss'])}
+            after = {
+                t.name for t in active_terms(apply_overrides(cfg, list(arm.overrides))['loss'])
+            }
+            assert before - after == {term}, f'{arm.name} must switch off {term} and only it'
     evidence = load_config(configs_dir() / 'train' / 'stage2-evidence-small.yaml')
     for term in EVIDENCE_TERMS:
         assert get_dotted(evidence, f'loss.{term}.weight'), (

@@ -408,3 +408,29 @@ def test_prompt_loss_is_the_bce_of_the_benchmarks_zero_shot_score():
         'There is Emphysema.',
         'There is no Emphysema.',
     ]
+
+
+def test_the_engine_feeds_exactly_the_inputs_of_the_active_terms():
+    from ctclip.training.engine import model_inputs
+
+    batch = {
+        k: torch.zeros(2, 3)
+        for k in (
+            'image',
+            'input_ids',
+            'attention_mask',
+            'evidence_input_ids',
+            'evidence_attention_mask',
+        )
+    }
+
+    def keys(cfg):
+        return set(model_inputs(batch, cfg, torch.device('cpu')))
+
+    assert keys({'bce': 1.0}) == {'image'}
+    # an evidence term with weight 0 still runs its entropy part, so it still needs evidence
+    evidence = {'clip': 1.0, 'evidence': {'weight': 0.0, 'entropy_weight': 0.1}}
+    assert {'evidence_input_ids', 'input_ids'} <= keys(evidence)
+    assert {t.name for t in create_loss(evidence).terms} == {'clip', 'evidence'}
+    off = {'clip': 1.0, 'evidence': {'weight': 0.5, 'enabled': False}}
+    assert keys(off) == {'image', 'input_ids', 'attention_mask'}
