@@ -19,7 +19,6 @@ _logger = logging.getLogger(__name__)
 
 SPLITS = ('valid', 'train')
 _LONG = {'valid': 'validation', 'train': 'train'}
-PLACEHOLDER = 'Not given.'
 REPORT_SECTIONS = ('Findings_EN', 'Impressions_EN')
 
 

@@ -59,7 +59,7 @@ def input_window(model: CTClip, default: Any = None) -> Any:
     spec = model.config.get('window') or default
     if spec is None:
         raise ValueError('the model config names no input window and none was given')
-    check_window(spec, int(model.config['vision_cfg'].get('in_chans', 1)))
+    check_window(spec, model.config)
     return parse_window(spec)
 
 

@@ -104,14 +104,15 @@ def _normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     config['evidence_cfg'] = asdict(evidence)
     config.setdefault('init_logit_scale', math.log(1 / 0.07))
     if config.get('window') is not None:
-        check_window(config['window'], int(config['vision_cfg'].get('in_chans', 1)))
+        check_window(config['window'], config)
     return config
 
 
-def check_window(spec: Any, in_chans: int) -> None:
-    """A window stack gives one channel per window; the tower must take exactly that many."""
+def check_window(spec: Any, config: dict[str, Any]) -> None:
+    """A window stack gives one channel per window; the model's image tower must take that many."""
     from ctclip.data.transforms import parse_window
 
+    in_chans = int(config['vision_cfg'].get('in_chans', 1))
     window = parse_window(spec)
     if window.channels != in_chans:
         raise ValueError(

@@ -65,20 +65,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def term_enabled(loss_cfg: Mapping, name: str) -> bool:
-    """Whether `create_loss` switches the term on (an evidence term with weight 0 but an entropy
-    weight still runs, and still needs the evidence inputs)."""
+def active_term_names(loss_cfg: Mapping) -> set[str]:
+    """The terms `create_loss` switches on (an evidence term with weight 0 but an entropy weight
+    still runs, and still needs the evidence inputs)."""
     from ctclip.losses import active_terms
 
-    return any(term.name == name for term in active_terms(dict(loss_cfg)))
+    return {term.name for term in active_terms(dict(loss_cfg))}
 
 
-def uses_text(loss_cfg: Mapping) -> bool:
+def uses_text(loss_cfg: Mapping, active: set[str] | None = None) -> bool:
     """Whether any enabled loss term needs the text tower."""
+    active = active_term_names(loss_cfg) if active is None else active
     bce = loss_cfg.get('bce')
-    return any(term_enabled(loss_cfg, t) for t in TEXT_TERMS) or bool(
-        isinstance(bce, Mapping) and bce.get('text')
-    )
+    return bool(active & set(TEXT_TERMS)) or bool(isinstance(bce, Mapping) and bce.get('text'))
 
 
 def freeze_unused_text(model: torch.nn.Module, loss_cfg: Mapping) -> bool:
@@ -116,9 +115,10 @@ def model_inputs(
     With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match.
     """
     keys = ['image']
-    if uses_text(loss_cfg):
+    active = active_term_names(loss_cfg)
+    if uses_text(loss_cfg, active):
         keys += ['input_ids', 'attention_mask']
-    if term_enabled(loss_cfg, 'evidence'):
+    if 'evidence' in active:
         keys += ['evidence_input_ids', 'evidence_attention_mask']
     out = {k: batch[k].to(device, non_blocking=True) for k in keys}
     if image_dtype is not None:

@@ -44,7 +44,7 @@ def build_model(model_cfg: dict, init_from: str | None) -> torch.nn.Module:
         saved_window = read_config(path).get('window')
         if saved_window and not model.config.get('window'):
             # stage 2 sees what stage 1 was trained on unless its config says otherwise
-            check_window(saved_window, int(model.config['vision_cfg'].get('in_chans', 1)))
+            check_window(saved_window, model.config)
             model.config['window'] = saved_window
         _logger.info(
             'Initialised from %s: %d tensors loaded, new: %s',

@@ -109,7 +109,10 @@ class Trainer:
         from ctclip.losses import create_loss
 
         self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)
-        self.prompts = eng.prompt_inputs(self.loss_fn, self.model)
+        device = self.engine.device
+        self.prompts = {
+            k: v.to(device) for k, v in eng.prompt_inputs(self.loss_fn, self.model).items()
+        }
         self.order = {
             'seed': self.seed,
             'global_batch': self.micro * self.accum * self.world,
@@ -147,7 +150,7 @@ class Trainer:
         eng.reseed(self.seed, step, micro, self.rank)
         device = self.engine.device
         inputs = eng.model_inputs(batch, self.cfg['loss'], device, self.image_dtype)
-        inputs.update({k: v.to(device) for k, v in self.prompts.items()})
+        inputs.update(self.prompts)
         outputs = self.engine(**inputs)
         losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))
         self.engine.backward(losses['loss'])

@@ -55,7 +55,8 @@ def model(tmp_path_factory):
     return load_model(folder)
 
 
-def _manual_embedding(model, cache_path, volume_id, recipe) -> np.ndarray:
+def _manual_embedding(model, cache_path, volume_id, windows) -> np.ndarray:
+    """Centre crop by hand, one [-1, 1] channel per (lo, hi) HU window, then the image tower."""
     import h5py
     import hdf5plugin  # noqa: F401
 
@@ -63,10 +64,9 @@ def _manual_embedding(model, cache_path, volume_id, recipe) -> np.ndarray:
         hu = f['volumes'][volume_id][()]
     start = [(s - c) // 2 for s, c in zip(hu.shape, CROP, strict=True)]
     crop = hu[tuple(slice(a, a + c) for a, c in zip(start, CROP, strict=True))].astype(np.float32)
-    lo, hi = recipe.window_hu
-    x = (np.clip(crop, lo, hi) - lo) / (hi - lo) * 2 - 1
+    x = np.stack([(np.clip(crop, lo, hi) - lo) / (hi - lo) * 2 - 1 for lo, hi in windows])
     with torch.no_grad():
-        return model(image=torch.from_numpy(x)[None, None])['image_features'][0].numpy()
+        return model(image=torch.from_numpy(x)[None])['image_features'][0].numpy()
 
 
 def test_load_model_is_in_eval_mode(model):
@@ -79,7 +79,7 @@ def test_embed_volumes_windows_and_centre_crops_like_the_recipe(model, cache_pat
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     for row, volume_id in enumerate(IDS[::-1]):
         np.testing.assert_allclose(
-            emb[row], _manual_embedding(model, cache_path, volume_id, recipe), atol=1e-5
+            emb[row], _manual_embedding(model, cache_path, volume_id, [recipe.window_hu]), atol=1e-5
         )
 
 
@@ -205,20 +205,8 @@ def test_a_model_sees_the_windows_it_was_trained_with(cache_path, recipe, tmp_pa
     model = load_model(tmp_path / 'two-windows')
     assert input_window(model).channels == 2
     emb = embed_volumes(model, cache_path, IDS[:1], progress=False)
-
-    import h5py
-    import hdf5plugin  # noqa: F401
-
-    with h5py.File(cache_path, 'r') as f:
-        hu = f['volumes'][IDS[0]][()]
-    start = [(s - c) // 2 for s, c in zip(hu.shape, CROP, strict=True)]
-    crop = hu[tuple(slice(a, a + c) for a, c in zip(start, CROP, strict=True))].astype(np.float32)
-    channels = [
-        (np.clip(crop, lo, hi) - lo) / (hi - lo) * 2 - 1 for lo, hi in ((-1000, 200), (-160, 240))
-    ]
-    with torch.no_grad():
-        manual = model(image=torch.from_numpy(np.stack(channels))[None])['image_features'][0]
-    np.testing.assert_allclose(emb[0], manual.numpy(), atol=1e-5)
+    manual = _manual_embedding(model, cache_path, IDS[0], [(-1000, 200), (-160, 240)])
+    np.testing.assert_allclose(emb[0], manual, atol=1e-5)
     hu_grid = np.zeros(recipe.shape_zyx, np.int16)
     assert set(classify_volume(model, hu_grid, ['Emphysema'], recipe=recipe)) == {'Emphysema'}
 
