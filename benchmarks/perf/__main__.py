@@ -20,6 +20,7 @@ AREAS: dict[str, str] = {
     'scoring': 'benchmarks.perf.bench_scoring',
     'synth': 'benchmarks.perf.bench_synth',
     'models': 'benchmarks.perf.bench_models',
+    'gpu': 'benchmarks.perf.bench_gpu',
 }
 RESULTS = Path(__file__).with_name('RESULTS.md')
 GPU_SECTION_MARK = '<!-- gpu -->'

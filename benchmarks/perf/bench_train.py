@@ -20,18 +20,29 @@ AREA = 'train'
 MODEL = 'resnet3d-tiny-minilm'
 
 
-def _write_cohort(root: Path, n: int, shape: tuple[int, int, int]) -> dict[str, str]:
-    """A small-recipe cache of n random-anatomy volumes plus labels and reports."""
+def write_cohort(
+    root: Path, n: int, shape: tuple[int, int, int], recipe_name: str = 'small'
+) -> dict[str, str]:
+    """A cache of n random volumes on a recipe's grid (shape overrides it), plus labels and reports.
+
+    Volumes are smooth random fields plus noise, so blosc compresses them somewhat as it does CT.
+    """
     from llm_labeling.schema import FINDINGS
     from preprocessing.cache import CacheWriter
     from preprocessing.recipes import RECIPES
 
     rng = np.random.default_rng(0)
-    recipe = RECIPES['small'].replace(shape_zyx=shape)
+    recipe = RECIPES[recipe_name]
+    crop = tuple(min(c, s) for c, s in zip(recipe.train_crop_zyx, shape, strict=True))
+    recipe = recipe.replace(shape_zyx=shape, train_crop_zyx=crop)
     labels = rng.integers(0, 2, (n, len(FINDINGS)))
+    coarse = tuple(-(-s // 4) for s in shape)
     with CacheWriter(root / 'cache.h5', recipe) as writer:
         for i in range(n):
-            volume = rng.normal(-700, 300, shape).clip(-1024, 1500).astype(np.int16)
+            field = rng.normal(-600, 350, coarse).repeat(4, 0).repeat(4, 1).repeat(4, 2)
+            noise = rng.normal(0, 20, shape)
+            volume = (field[: shape[0], : shape[1], : shape[2]] + noise).clip(-1024, 1500)
+            volume = volume.astype(np.int16)
             writer.write(
                 f'train_{i}_a_1',
                 volume,
@@ -84,10 +95,14 @@ def _config(paths: dict, out: Path, batch: int, steps: int, workers: int) -> dic
     )
 
 
-class _BareLoop:
-    """The same step in plain PyTorch: forward, loss, backward, clip, AdamW."""
+class BareLoop:
+    """The same step in plain PyTorch: forward, loss, backward, clip, AdamW.
 
-    def __init__(self, cfg: dict, trainer) -> None:
+    `bf16` runs the forward under `torch.autocast` (fp32 weights), which is how a plain PyTorch
+    user trains in bf16.
+    """
+
+    def __init__(self, cfg: dict, device=None, bf16: bool = False, memory_format=None) -> None:
         import torch
 
         from ctclip.losses import create_loss
@@ -95,7 +110,9 @@ class _BareLoop:
         from ctclip.training.stages import build_model
 
         torch.manual_seed(0)
-        self.model = build_model(cfg['model'], None)
+        self.device = device or torch.device('cpu')
+        self.bf16, self.memory_format = bf16, memory_format
+        self.model = build_model(cfg['model'], None).to(self.device)
         o = cfg['optim']
         self.opt = torch.optim.AdamW(
             eng.param_groups(self.model, o['weight_decay']),
@@ -113,15 +130,21 @@ class _BareLoop:
     def step(self, batch: dict) -> None:
         import torch
 
-        outputs = self.model(**self.eng.model_inputs(batch, self.loss_cfg, torch.device('cpu')))
-        loss = self.loss_fn(outputs, batch)['loss']
+        inputs = self.eng.model_inputs(
+            batch, self.loss_cfg, self.device, memory_format=self.memory_format
+        )
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            outputs = self.model(**inputs)
+        loss = self.loss_fn(self.eng.as_float(outputs), self.eng.to_device(batch, self.device))[
+            'loss'
+        ]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
 
 
-def _interleaved(a, b, steps: int) -> tuple[list[float], list[float]]:
+def interleaved(a, b, steps: int) -> tuple[list[float], list[float]]:
     ta, tb = [], []
     for _ in range(steps):
         for fn, out in ((a, ta), (b, tb)):
@@ -151,24 +174,24 @@ def run(quick: bool) -> list[Row]:
     shape = (56, 112, 112)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = _write_cohort(root, 4 * batch_size, shape)
+        paths = write_cohort(root, 4 * batch_size, shape)
         cfg = _config(paths, root / 'run', batch_size, 10**4, workers=1)
         trainer = Trainer(cfg)
-        bare = _BareLoop(cfg, trainer)
+        bare = BareLoop(cfg)
         loader = trainer._loader()
         fixed = next(loader)
         engine_step = lambda: trainer._micro_step(fixed, 0, 0)  # noqa: E731
         bare_step = lambda: bare.step(fixed)  # noqa: E731
-        _interleaved(engine_step, bare_step, warmup)
-        t_engine, t_bare = _interleaved(engine_step, bare_step, steps)
+        interleaved(engine_step, bare_step, warmup)
+        t_engine, t_bare = interleaved(engine_step, bare_step, steps)
         loader_step = lambda: trainer._micro_step(next(loader), 0, 0)  # noqa: E731
-        _interleaved(loader_step, engine_step, warmup)
-        t_loader, t_memory = _interleaved(loader_step, engine_step, steps)
+        interleaved(loader_step, engine_step, warmup)
+        t_loader, t_memory = interleaved(loader_step, engine_step, steps)
         trainer.cfg['data']['num_workers'] = 0
         inline = trainer._loader()
         inline_step = lambda: trainer._micro_step(next(inline), 0, 0)  # noqa: E731
-        _interleaved(inline_step, engine_step, warmup)
-        t_inline, t_memory0 = _interleaved(inline_step, engine_step, steps)
+        interleaved(inline_step, engine_step, warmup)
+        t_inline, t_memory0 = interleaved(inline_step, engine_step, steps)
         t_build = _batch_build_times(trainer, batch_size, steps)
     med = statistics.median
     threads = torch.get_num_threads()

@@ -15,7 +15,9 @@ from ctclip.config import merge
 _logger = logging.getLogger(__name__)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
-    'model': {'name': None, 'overrides': {}, 'grad_checkpointing': False},
+    # channels_last: the image enters in NDHWC layout and the 3D convolutions follow it (cuDNN's
+    # tensor-core kernels may prefer it on GPUs; measured in benchmarks/perf/bench_gpu.py)
+    'model': {'name': None, 'overrides': {}, 'grad_checkpointing': False, 'channels_last': False},
     'data': {'batch_size': 2, 'num_workers': 0},
     'loss': {'bce': {'weight': 1.0}},
     'optim': {
@@ -44,6 +46,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
         'resume': True,
         'stop_after': None,
         'progress': True,
+        # cuDNN times its convolution algorithms on the first step and keeps the fastest; crops
+        # have one fixed shape, so this pays off from the second step (GPU only)
+        'cudnn_benchmark': True,
     },
 }
 

@@ -108,11 +108,16 @@ def prompt_inputs(loss_fn: Any, model: torch.nn.Module) -> dict[str, torch.Tenso
 
 
 def model_inputs(
-    batch: Mapping, loss_cfg: Mapping, device: torch.device, image_dtype: torch.dtype | None = None
+    batch: Mapping,
+    loss_cfg: Mapping,
+    device: torch.device,
+    image_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> dict[str, torch.Tensor]:
     """Only the towers a stage's loss needs run (stage 1 never touches the text tower).
 
-    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match.
+    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match; a
+    channels-last model gets a channels-last image.
     """
     keys = ['image']
     active = active_term_names(loss_cfg)
@@ -123,6 +128,8 @@ def model_inputs(
     out = {k: batch[k].to(device, non_blocking=True) for k in keys}
     if image_dtype is not None:
         out['image'] = out['image'].to(image_dtype)
+    if memory_format is not None:
+        out['image'] = out['image'].contiguous(memory_format=memory_format)
     return out
 
 
@@ -181,8 +188,18 @@ def load_deepspeed_json(spec: Any) -> dict:
     return json.loads(path.read_text(encoding='utf-8'))
 
 
-def deepspeed_config(cfg: Mapping, world_size: int) -> dict:
-    """The DeepSpeed JSON with batch sizes, optimizer, clipping and precision filled from the run config."""
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def deepspeed_config(cfg: Mapping, world_size: int, batchnorm: bool = False) -> dict:
+    """The DeepSpeed JSON with batch sizes, optimizer, clipping and precision filled from the run config.
+
+    `bf16` means DeepSpeed's bf16 weights on a GPU, except for models with BatchNorm (the 3D
+    ResNets): bf16 BatchNorm fails in backward on CUDA ("Expected running_mean to have type
+    BFloat16") and would keep its running statistics in 8 mantissa bits, so those run under
+    autocast (fp32 weights, bf16 compute), as every model does on a CPU.
+    """
     ds_cfg, optim, train = cfg['deepspeed'], cfg['optim'], cfg['train']
     out = load_deepspeed_json(ds_cfg.get('config') or 'zero0')
     micro, accum = int(cfg['data']['batch_size']), int(train['grad_accum'])
@@ -201,14 +218,22 @@ def deepspeed_config(cfg: Mapping, world_size: int) -> dict:
     )
     if out['optimizer']['type'].lower() in ('adam', 'adamw'):
         params.setdefault('torch_adam', True)  # DeepSpeed's CPU Adam compiles for ~40 s
+        if params['torch_adam'] and torch.cuda.is_available():
+            # one kernel for all tensors: the per-tensor loop cost ~28 ms of host time per step
+            # for ResNet-18 + BERT-base on an H100 (benchmarks/perf/RESULTS.md)
+            params.setdefault('fused', True)
     if ds_cfg.get('zero_stage') is not None:
         out.setdefault('zero_optimization', {})['stage'] = int(ds_cfg['zero_stage'])
     precision = ds_cfg.get('precision', 'fp32')
     if precision not in PRECISIONS:
         raise ValueError(f'deepspeed.precision must be one of {PRECISIONS}, not {precision!r}')
-    if precision == 'bf16' and torch.cuda.is_available():
+    if precision == 'bf16' and torch.cuda.is_available() and not batchnorm:
         out['bf16'] = {'enabled': True}
-    elif precision != 'fp32':  # bf16 + BatchNorm fails on CPU; autocast works
+    elif precision != 'fp32':  # bf16 weights + BatchNorm fail on CPU and CUDA; autocast works
+        out['torch_autocast'] = {'enabled': True, 'dtype': 'bfloat16'}
+    if batchnorm and out.get('bf16', {}).get('enabled'):  # e.g. from zero2-bf16.json
+        _logger.info('bf16 weights do not work with BatchNorm: using autocast (fp32 weights)')
+        del out['bf16']
         out['torch_autocast'] = {'enabled': True, 'dtype': 'bfloat16'}
     out.setdefault('steps_per_print', 10**9)
     out.setdefault('wall_clock_breakdown', False)

@@ -54,6 +54,11 @@ class Trainer:
             overrides = {**(model_cfg.get('overrides') or {}), 'window': self.cfg['data']['window']}
             model_cfg = {**model_cfg, 'overrides': overrides}
         self.model = build_model(model_cfg, train.get('init_from'))
+        # Only the image goes channels-last: convolutions follow their input's layout, and the
+        # weights must stay contiguous (DeepSpeed views them as flat bytes and flat buffers).
+        self.memory_format = torch.channels_last_3d if model_cfg.get('channels_last') else None
+        if torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = bool(train.get('cudnn_benchmark', True))
         if not self.cfg['data'].get('window') and self.model.config.get('window'):
             # the model config (or the stage-1 model stage 2 starts from) names its input window
             self.cfg['data']['window'] = self.model.config['window']
@@ -90,7 +95,7 @@ class Trainer:
     def _init_deepspeed(self) -> None:
         import deepspeed
 
-        ds_json = eng.deepspeed_config(self.cfg, self.world)
+        ds_json = eng.deepspeed_config(self.cfg, self.world, eng.has_batchnorm(self.model))
         self.autocast = eng.uses_autocast(ds_json)
         self.image_dtype = eng.weight_dtype(ds_json)
         sched = self.cfg['schedule']
@@ -149,7 +154,9 @@ class Trainer:
     def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
         eng.reseed(self.seed, step, micro, self.rank)
         device = self.engine.device
-        inputs = eng.model_inputs(batch, self.cfg['loss'], device, self.image_dtype)
+        inputs = eng.model_inputs(
+            batch, self.cfg['loss'], device, self.image_dtype, self.memory_format
+        )
         inputs.update(self.prompts)
         outputs = self.engine(**inputs)
         losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))

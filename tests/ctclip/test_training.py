@@ -267,3 +267,65 @@ def test_data_window_stack_overrides_the_model_window_and_travels_to_stage_2(coh
         CTClip.from_pretrained(final2).config['window']
         == CTClip.from_pretrained(final1).config['window']
     )
+
+
+@pytest.mark.parametrize(
+    ('cuda', 'batchnorm', 'json_name', 'want'),
+    [
+        (True, False, 'zero2', 'bf16'),  # a ViT on a GPU: DeepSpeed's bf16 weights
+        (True, True, 'zero2', 'autocast'),  # a ResNet on a GPU: bf16 BatchNorm fails in backward
+        (True, True, 'zero2-bf16', 'autocast'),  # also when the JSON itself enables bf16
+        (False, False, 'zero2', 'autocast'),  # every model on a CPU
+    ],
+)
+def test_bf16_means_bf16_weights_only_on_a_gpu_without_batchnorm(
+    monkeypatch, cuda, batchnorm, json_name, want
+):
+    from ctclip.training import engine as eng
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    cfg = with_defaults(
+        {
+            'deepspeed': {'config': json_name, 'precision': 'bf16'},
+            'data': {'batch_size': 2},
+        }
+    )
+    out = eng.deepspeed_config(cfg, world_size=1, batchnorm=batchnorm)
+    assert bool(out.get('bf16', {}).get('enabled')) == (want == 'bf16')
+    assert eng.uses_autocast(out) == (want == 'autocast')
+    # torch AdamW runs fused (one kernel for all tensors) exactly where CUDA is there
+    assert out['optimizer']['params'].get('fused', False) == cuda
+
+
+def test_has_batchnorm_finds_the_resnet_norms():
+    from ctclip.training.engine import has_batchnorm
+
+    assert has_batchnorm(build_model(TINY_MODEL, None))
+    assert not has_batchnorm(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))
+
+
+def test_channels_last_feeds_an_ndhwc_image_and_trains_like_ncdhw(cohort, tmp_path):
+    from ctclip.training import engine as eng
+    from ctclip.training.trainer import Trainer
+
+    runs = {}
+    for channels_last in (False, True):
+        # two windows, so two channels: with one, NCDHW and NDHWC are the same memory
+        cfg = config(
+            cohort, tmp_path / str(channels_last), data={'window': [[-1000, 200], [-160, 240]]},
+            train={'steps': 2},
+        )  # fmt: skip
+        cfg['model']['channels_last'] = channels_last
+        cfg['model']['overrides']['vision_cfg'] = {
+            **cfg['model']['overrides'].get('vision_cfg', {}),
+            'in_chans': 2,
+        }
+        trainer = Trainer(cfg)
+        batch = next(trainer._loader())
+        image = eng.model_inputs(
+            batch, cfg['loss'], torch.device('cpu'), None, trainer.memory_format
+        )['image']
+        assert image.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+        runs[channels_last] = [float(trainer._micro_step(batch, s, 0)['loss']) for s in range(2)]
+    # the same arithmetic in another memory layout: equal up to float reassociation
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)

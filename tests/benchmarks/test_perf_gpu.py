@@ -1,0 +1,39 @@
+"""The GPU benchmark's configuration on a CPU, so it keeps working between the GPU runs."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.perf import bench_gpu
+from benchmarks.perf.bench_train import BareLoop, write_cohort
+
+
+def test_gpu_benchmark_config_trains_and_counts_flops_on_a_cpu(tmp_path):
+    from ctclip.training.trainer import Trainer
+
+    paths = write_cohort(tmp_path, 4, (24, 48, 48), 'li2025')
+    cfg = bench_gpu.stage2_config(paths, tmp_path / 'run', 2, 0, channels_last=True)
+    assert cfg['data']['crop_zyx'] == bench_gpu.CROP  # the published crop, shrunk below for a CPU
+    assert cfg['model']['overrides']['text_cfg']['width'] == 768  # CXR-BERT's shape
+    cfg['data']['crop_zyx'] = [16, 32, 32]
+    cfg['model']['overrides']['text_cfg']['layers'] = 1
+    trainer = Trainer(cfg)
+    batch = next(trainer._loader())
+    assert torch.isfinite(trainer._micro_step(batch, 0, 0)['loss'])
+    bare = BareLoop(cfg, torch.device('cpu'), bf16=True, memory_format=trainer.memory_format)
+    flops = bench_gpu.step_flops(bare, batch)
+    # one BERT-base layer over 2 x 256 tokens: 6 x 7.1M x 512 = 2.2e10 FLOPs (forward + backward)
+    assert 2e10 < flops < 1e11
+
+
+def test_gpu_benchmark_reports_nothing_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert bench_gpu.run(quick=True) == []
+    assert 'no CUDA device' in capsys.readouterr().out
+
+
+def test_peak_table_and_override(monkeypatch):
+    assert bench_gpu.peak_tflops('NVIDIA H100 80GB HBM3') == 989.4
+    assert bench_gpu.peak_tflops('Some Future GPU') is None
+    monkeypatch.setenv('CTCLIP_PEAK_TFLOPS', '123')
+    assert bench_gpu.peak_tflops('Some Future GPU') == 123.0
