@@ -111,6 +111,10 @@ class Trainer:
             config=ds_json,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         )
+        if self.world == 1 and self.engine.zero_optimization_stage() == 0:
+            # One rank has nothing to average, but DeepSpeed still flattens, "all-reduces" and
+            # copies back every gradient: 30 ms of a 0.36 s CPU step (benchmarks/perf train).
+            self.engine.enable_backward_allreduce = False
         from ctclip.losses import create_loss
 
         self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)
