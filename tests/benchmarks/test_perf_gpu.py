@@ -16,11 +16,13 @@ def test_gpu_benchmark_config_trains_and_counts_flops_on_a_cpu(tmp_path):
     assert cfg['data']['crop_zyx'] == bench_gpu.CROP  # the published crop, shrunk below for a CPU
     assert cfg['model']['overrides']['text_cfg']['width'] == 768  # CXR-BERT's shape
     cfg['data']['crop_zyx'] = [16, 32, 32]
-    cfg['model']['overrides']['text_cfg']['layers'] = 1
+    cfg['model']['overrides']['text_cfg']['layers'] = 1  # smaller towers: the path, not the size
+    cfg['model']['overrides']['vision_cfg'] = {'block_inplanes': [8, 16, 32, 64]}
+    cfg['deepspeed']['precision'] = 'fp32'  # CPU bf16 without AMX is ~20x slower; tested elsewhere
     trainer = Trainer(cfg)
     batch = next(trainer._loader())
     assert torch.isfinite(trainer._micro_step(batch, 0, 0)['loss'])
-    bare = BareLoop(cfg, torch.device('cpu'), bf16=True, memory_format=trainer.memory_format)
+    bare = BareLoop(cfg, torch.device('cpu'), memory_format=trainer.memory_format)
     flops = bench_gpu.step_flops(bare, batch)
     # one BERT-base layer over 2 x 256 tokens: 6 x 7.1M x 512 = 2.2e10 FLOPs (forward + backward)
     assert 2e10 < flops < 1e11
