@@ -98,6 +98,18 @@ def _gather(part: dict[str, Any]) -> list[dict[str, Any]]:
     return parts
 
 
+def _use_rank0_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), which the export saves.
+
+    Each rank updates its running statistics from its own part of the batch; without this, the
+    ranks would embed their shards with different models, and none of them the exported one.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def evaluate(
     module: Any,
     dataset: Any,
@@ -115,6 +127,7 @@ def evaluate(
     from ctclip.inference import zero_shot_scores
 
     was_training = module.training
+    _use_rank0_buffers(module)
     module.eval()
     try:
         longest = -(-len(dataset) // world_size)
