@@ -116,8 +116,8 @@ def model_inputs(
 ) -> dict[str, torch.Tensor]:
     """Only the towers a stage's loss needs run (stage 1 never touches the text tower).
 
-    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match; a
-    channels-last model gets a channels-last image.
+    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match; with
+    `model.channels_last` the image is laid out NDHWC and the convolutions follow it.
     """
     keys = ['image']
     active = active_term_names(loss_cfg)
