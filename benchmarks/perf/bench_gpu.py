@@ -1,10 +1,11 @@
 """Stage 2 on one GPU at the published recipe: volumes/s, peak memory and model FLOP utilisation.
 
-ResNet-18 (1-channel stride-2 stem) on 192 x 192 x 96 crops of a li2025-grid cache, bf16, ZeRO-2,
-CLIP loss, with a BERT-base-sized text tower at 256 tokens (CXR-BERT's shape; random weights, since
-nothing is downloaded: speed does not depend on the values). Our engine is compared with a bare
-PyTorch loop (autocast bf16, AdamW) in the same run, steps interleaved, and the HDF5 loader with a
-batch already on the GPU. Without CUDA the area reports nothing.
+ResNet-18 (1-channel stride-2 stem) on 192 x 192 x 96 crops of a li2025-grid cache, bf16, CLIP
+loss, with a BERT-base-sized text tower at 256 tokens (CXR-BERT's shape; random weights, since
+nothing is downloaded: speed does not depend on the values), under the `VARIANTS` of batch size,
+ZeRO stage and memory layout. Our engine is compared with a bare PyTorch loop (autocast bf16,
+AdamW) in the same run, steps interleaved, and the HDF5 loader with one batch that is already in
+host memory. Without CUDA the area reports nothing.
 
 FLOPs per step are counted once with `torch.utils.flop_counter` (forward + backward of both towers);
 MFU = FLOPs / step time / the GPU's dense bf16 peak (`CTCLIP_PEAK_TFLOPS` overrides the table).
@@ -142,8 +143,8 @@ def measure(cfg: dict, tag: str, warmup: int, steps: int, loader_row: bool = Tru
     return rows
 
 
-# (batch, DeepSpeed config, channels-last, loader row): the published recipe (batch 8, ZeRO-2) first,
-# then what one GPU needs no sharding for (ZeRO-0/1), then a larger batch in both layouts
+# (batch, DeepSpeed config, channels-last, loader row): the configs' recipe (batch 8, ZeRO-2) first,
+# then ZeRO-0 (one GPU has nothing to shard), then batch 32 with each
 VARIANTS = [
     (8, 'zero2', False, True),
     (8, 'zero0', False, False),

@@ -227,11 +227,11 @@ def deepspeed_config(cfg: Mapping, world_size: int, batchnorm: bool = False) -> 
     precision = ds_cfg.get('precision', 'fp32')
     if precision not in PRECISIONS:
         raise ValueError(f'deepspeed.precision must be one of {PRECISIONS}, not {precision!r}')
-    if precision == 'bf16' and torch.cuda.is_available() and not batchnorm:
+    if precision == 'bf16' and torch.cuda.is_available():
         out['bf16'] = {'enabled': True}
-    elif precision != 'fp32':  # bf16 weights + BatchNorm fail on CPU and CUDA; autocast works
+    elif precision != 'fp32':  # bf16 weights + BatchNorm fail on CPU; autocast works
         out['torch_autocast'] = {'enabled': True, 'dtype': 'bfloat16'}
-    if batchnorm and out.get('bf16', {}).get('enabled'):  # e.g. from zero2-bf16.json
+    if batchnorm and out.get('bf16', {}).get('enabled'):  # from precision or the JSON itself
         _logger.info('bf16 weights do not work with BatchNorm: using autocast (fp32 weights)')
         del out['bf16']
         out['torch_autocast'] = {'enabled': True, 'dtype': 'bfloat16'}
