@@ -69,35 +69,29 @@ def _label(url: str, reports: Path, out: Path, prompt: str) -> tuple[float, floa
     return time.perf_counter() - wall, _cpu_seconds() - cpu, cfg
 
 
-def _raw_httpx_cpu_ms(url: str, n: int) -> float:
-    """CPU per request of bare httpx clients (POST + JSON parse), pooled as our backend pools them
-    (pools of POOL_SIZE connections): the floor under instructor, openai and our runner."""
+def _raw_aiohttp_cpu_ms(url: str, n: int) -> float:
+    """CPU per request of a bare aiohttp session (POST + JSON parse) with CONCURRENCY connections,
+    the transport our backend uses: the floor under instructor, openai and our runner."""
     import asyncio
 
-    import httpx
-
-    from llm_labeling.backends.openai_backend import POOL_SIZE
+    import aiohttp
 
     body = {'model': 'bench', 'messages': [{'role': 'user', 'content': 'Report 1.'}]}
-    pools = CONCURRENCY // POOL_SIZE
-
-    async def pool(count: int) -> None:
-        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            gate = asyncio.Semaphore(POOL_SIZE)
-
-            async def one() -> None:
-                async with gate:
-                    (await client.post(f'{url}/chat/completions', json=body)).json()
-
-            await asyncio.gather(*(one() for _ in range(count)))
 
     async def go() -> None:
-        await asyncio.gather(*(pool(n // pools) for _ in range(pools)))
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            gate = asyncio.Semaphore(CONCURRENCY)
+
+            async def one() -> None:
+                async with gate, session.post(f'{url}/chat/completions', json=body) as response:
+                    await response.json()
+
+            await asyncio.gather(*(one() for _ in range(n)))
 
     cpu = _cpu_seconds()
     asyncio.run(go())
-    return (_cpu_seconds() - cpu) / (n // pools * pools) * 1000
+    return (_cpu_seconds() - cpu) / n * 1000
 
 
 def run(quick: bool) -> list[Row]:
@@ -114,7 +108,7 @@ def run(quick: bool) -> list[Row]:
             reports = Path(tmp) / 'reports.csv'
             _write_reports(reports, n)
             _label(url, reports, Path(tmp) / 'warmup', 'evidence')  # imports, pools, schema
-            raw_ms = _raw_httpx_cpu_ms(url, n)
+            raw_ms = _raw_aiohttp_cpu_ms(url, n)
             for prompt in ('evidence', 'li'):
                 wall, cpu, _ = _label(url, reports, Path(tmp) / prompt, prompt)
                 rate = n / wall
@@ -145,7 +139,7 @@ def run(quick: bool) -> list[Row]:
                         ours=ours_ms,
                         unit='ms',
                         baseline=raw_ms,
-                        baseline_name='bare httpx POST + JSON parse',
+                        baseline_name='bare aiohttp POST + JSON parse',
                         ratio=raw_ms / ours_ms,
                         notes='process CPU (user + sys) / reports; the rest of ours is instructor, '
                         'the openai client, validation and the runner',
