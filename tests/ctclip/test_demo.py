@@ -53,26 +53,16 @@ def test_quick_demo_writes_every_artefact(quick_demo):
         assert f'src="{png}"' in html
 
 
-@pytest.mark.xfail(
-    reason='issue 8 is open: the quick demo measured zero-shot AUROC 0.674 (CT-RATE layout) and '
-    '0.570 (RAD layout) on 14 and 24 held-out volumes in a fresh-clone CI run; the tiny encoder '
-    'learns slowly (stage-1 head AUROC about 0.79 on the full 200-scan demo)',
-    strict=False,
-)
 def test_quick_demo_beats_chance(quick_demo):
+    """A clear margin: each layout's 95% bootstrap interval excludes 0.5, and its point estimate is
+    at least 0.12 above it (measured here: 0.688 [0.608, 0.792] and 0.690 [0.625, 0.749])."""
     out, _ = quick_demo
     metrics = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
-    ctrate = metrics['bench_ct-rate']['headline']['mean AUROC']['value']
-    rad = metrics['bench_rad-chestct']['headline']['mean AUROC']['value']
-    assert ctrate >= 0.65, (
-        f'CT-RATE-layout zero-shot AUROC {ctrate:.3f} does not beat chance clearly'
-    )
-    assert rad >= 0.6, f'RAD-ChestCT-layout zero-shot AUROC {rad:.3f} does not beat chance clearly'
-    assert set(metrics['headline']) == {
-        'zero-shot macro AUROC (ct-rate)',
-        'zero-shot macro AUROC (rad-chestct)',
-        'labeler macro F1 vs ground truth',
-    }
+    for name in ('ct-rate', 'rad-chestct'):
+        auroc = metrics[f'bench_{name}']['headline']['mean AUROC']
+        summary = f'{name} zero-shot AUROC {auroc["value"]:.3f} [{auroc["ci_low"]:.3f}, {auroc["ci_high"]:.3f}]'
+        assert auroc['ci_low'] > 0.5, f'{summary}: the interval does not exclude chance'
+        assert auroc['value'] >= 0.62, f'{summary}: not clearly above chance'
 
 
 def test_quick_demo_labels_and_reports_headlines(quick_demo):
