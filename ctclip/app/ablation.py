@@ -45,6 +45,11 @@ class Arm:
     epochs: int = STAGE2_EPOCHS
     note: str = ''
 
+    @property
+    def training(self) -> tuple:
+        """What decides the trained model: two arms that agree on it are one run, scored once."""
+        return self.stage2, self.overrides, self.stage1, self.epochs
+
 
 @dataclass
 class Plan:
@@ -88,7 +93,13 @@ def ablation_plan() -> Plan:
             stage1='limited',
             note='vanilla CLIP on the same 10% of pairs',
         ),
-        Arm('clip-100%-pairs', 'LGDEA', clip, stage1='full', note='CLIP on all pairs'),
+        Arm(
+            'clip-100%-pairs',
+            'LGDEA',
+            clip,
+            stage1='full',
+            note='CLIP on all pairs: the supervised+clip run, trained once',
+        ),
     ]
     for term in EVIDENCE_TERMS:
         plan.arms.append(
@@ -176,14 +187,17 @@ class Ablation:
             inits[key] = self._train(
                 'train/stage1-small.yaml', root / f'stage1-{key}', seed, STAGE1_EPOCHS, extra
             )
+        by_training: dict[tuple, float] = {}
         scores = {}
         for arm in self.plan.arms:
-            slug = arm.name.replace(' ', '_').replace('%', 'pct')
-            extra = arm.overrides + (
-                (f'train.init_from={inits[arm.stage1]}',) if arm.stage1 else ()
-            )
-            model = self._train(arm.stage2, root / slug, seed, arm.epochs, extra)
-            scores[arm.name] = self._score(model, root / slug / 'bench')
+            if arm.training not in by_training:
+                slug = arm.name.replace(' ', '_').replace('%', 'pct')
+                extra = arm.overrides + (
+                    (f'train.init_from={inits[arm.stage1]}',) if arm.stage1 else ()
+                )
+                model = self._train(arm.stage2, root / slug, seed, arm.epochs, extra)
+                by_training[arm.training] = self._score(model, root / slug / 'bench')
+            scores[arm.name] = by_training[arm.training]
         return scores
 
     def stages(self) -> list[Stage]:

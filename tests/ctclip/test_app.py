@@ -164,3 +164,24 @@ def test_ablation_summary_mean_std_and_table():
     assert rows[0]['std'] == pytest.approx(0.1)
     table = render_table(rows, 3)
     assert '0.800 ± 0.100' in table and table.count('\n') == len(plan.arms) + 1
+
+
+def test_ablation_trains_each_distinct_configuration_once(tmp_path, monkeypatch):
+    """supervised+clip and clip-100%-pairs are one configuration: one run, one score for both."""
+    from ctclip.app.ablation import Ablation
+
+    ablation = Ablation({'out': str(tmp_path), 'data': None, 'layout': 'both'}, seeds=1)
+    trained = []
+
+    def train(config, out, seed, epochs, extra):
+        trained.append(out.name)
+        return out / 'final'
+
+    monkeypatch.setattr(ablation, '_train', train)
+    monkeypatch.setattr(ablation, '_score', lambda model, out: len(trained) / 100)
+    scores = ablation.run_seed(0)
+    arms = ablation.plan.arms
+    assert len(trained) == len(ablation.plan.stage1) + len({a.training for a in arms}) == 2 + 11
+    assert len(set(trained)) == len(trained)
+    assert scores['clip-100%-pairs'] == scores['supervised+clip']
+    assert len(set(scores.values())) == len(arms) - 1
