@@ -126,8 +126,7 @@ def run(quick: bool) -> list[Row]:
                         target_ratio=TARGET_FRACTION,
                         notes=f'{n} reports in {wall:.1f} s; labeler CPU {cpu / n * 1000:.2f} '
                         f'ms/report, so one free core sustains {n / cpu:.0f} reports/s; the '
-                        f'process got {cpu / wall:.0%} of a core here (a busy machine caps '
-                        'the rate, not the labeler)',
+                        f'process used {cpu / wall:.0%} of a core',
                         extra={'cpu_ms_per_report': cpu / n * 1000, 'n': n},
                     )
                 )
