@@ -111,12 +111,10 @@ def measure(cfg: dict, tag: str, warmup: int, steps: int, loader_row: bool = Tru
     bare = BareLoop(cfg, torch.device('cuda'), bf16=True, memory_format=trainer.memory_format)
     flops = step_flops(bare, fixed)
     bare_step = synced(lambda: bare.step(fixed))
-    interleaved(engine_step, bare_step, warmup)
-    t_engine, t_bare = interleaved(engine_step, bare_step, steps)
+    t_engine, t_bare = interleaved(engine_step, bare_step, steps, warmup)
     if loader_row:
         loader_step = synced(lambda: trainer._micro_step(next(loader), 0, 0))
-        interleaved(loader_step, engine_step, warmup)
-        t_loader, t_memory = interleaved(loader_step, engine_step, steps)
+        t_loader, t_memory = interleaved(loader_step, engine_step, steps, warmup)
     med = statistics.median
     engine_s = med(t_engine)
     mfu = flops / engine_s / (peak * 1e12) if peak else None

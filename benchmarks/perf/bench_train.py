@@ -145,7 +145,12 @@ class BareLoop:
         self.opt.step()
 
 
-def interleaved(a, b, steps: int) -> tuple[list[float], list[float]]:
+def interleaved(a, b, steps: int, warmup: int = 0) -> tuple[list[float], list[float]]:
+    """Wall times of a and b run in turn, so background load hits both alike; the first `warmup`
+    rounds are run and dropped."""
+    for _ in range(warmup):
+        a()
+        b()
     ta, tb = [], []
     for _ in range(steps):
         for fn, out in ((a, ta), (b, tb)):
@@ -183,16 +188,13 @@ def run(quick: bool) -> list[Row]:
         fixed = next(loader)
         engine_step = lambda: trainer._micro_step(fixed, 0, 0)  # noqa: E731
         bare_step = lambda: bare.step(fixed)  # noqa: E731
-        interleaved(engine_step, bare_step, warmup)
-        t_engine, t_bare = interleaved(engine_step, bare_step, steps)
+        t_engine, t_bare = interleaved(engine_step, bare_step, steps, warmup)
         loader_step = lambda: trainer._micro_step(next(loader), 0, 0)  # noqa: E731
-        interleaved(loader_step, engine_step, warmup)
-        t_loader, t_memory = interleaved(loader_step, engine_step, steps)
+        t_loader, t_memory = interleaved(loader_step, engine_step, steps, warmup)
         trainer.cfg['data']['num_workers'] = 0
         inline = trainer._loader()
         inline_step = lambda: trainer._micro_step(next(inline), 0, 0)  # noqa: E731
-        interleaved(inline_step, engine_step, warmup)
-        t_inline, t_memory0 = interleaved(inline_step, engine_step, steps)
+        t_inline, t_memory0 = interleaved(inline_step, engine_step, steps, warmup)
         t_build = _batch_build_times(trainer, batch_size, steps)
     med = statistics.median
     threads = torch.get_num_threads()
