@@ -9,7 +9,8 @@
 
 set -euo pipefail
 
-ctclip_log() { echo "[ctclip-slurm $(date -u +%H:%M:%S)] $*" >&2; }
+# (printf's own clock: no `date` child that the job's teardown could kill mid-message)
+ctclip_log() { TZ=UTC printf '[ctclip-slurm %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 ctclip_die() {
   ctclip_log "error: $*"
   exit 2
@@ -125,6 +126,20 @@ ctclip_setup() {
     "python=$CTCLIP_PYTHON${CTCLIP_CONTAINER:+ container=$CTCLIP_CONTAINER}"
 }
 
+# ---- clean-up: ctclip_on_exit FUNCTION runs it when the script exits, or before a requeue ----
+# A requeue makes Slurm tear the job down (TERM, then KILL after KillWait), so clean-up left to the
+# EXIT trap would race with it: ctclip_run_step runs it first, while the job is still whole.
+CTCLIP_CLEANUP=()
+ctclip_on_exit() {
+  CTCLIP_CLEANUP+=("$1")
+  trap _ctclip_cleanup EXIT
+}
+_ctclip_cleanup() {
+  local fn
+  for fn in "${CTCLIP_CLEANUP[@]}"; do "$fn" || true; done
+  CTCLIP_CLEANUP=()
+}
+
 # ---- checkpoint-and-requeue on a warning signal (sbatch --signal=B:USR1@SECONDS --requeue) ----
 # The batch shell gets the signal, forwards it to the running step (srun passes it to every task),
 # keeps forwarding until the step has exited (a worker that has not installed its handler yet ignores
@@ -175,6 +190,7 @@ ctclip_run_step() {
   trap - USR1 TERM
   CTCLIP_STEP_PID=
   if [ "$CTCLIP_STOP_REQUESTED" = 1 ]; then
+    _ctclip_cleanup
     ctclip_log "step exited with $rc after the stop request; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID" || ctclip_die "scontrol requeue $SLURM_JOB_ID failed (was the job submitted with --requeue?)"
     exit 0

@@ -115,6 +115,8 @@ def test_label_job_requeues_and_finishes_from_the_cache(slurm_cluster, tmp_path)
     assert 'USR1' in log and 'requeueing job' in log, log
     assert log.count('starting the LLM server') == 2, log
     assert log.count('stopping the LLM server') == 2, log
+    # stopped before the requeue, not left to the EXIT trap that races with the job's teardown
+    assert log.index('stopping the LLM server') < log.index('requeueing job'), log
     total = _requests(request_log)
     assert total <= N_REPORTS + 1, (
         f'{total} requests for {N_REPORTS} reports: the cache was not used\n{log}'
