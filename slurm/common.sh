@@ -155,6 +155,11 @@ _ctclip_on_usr1() {
   if [ -n "$CTCLIP_STEP_PID" ]; then kill -"$CTCLIP_STOP_SIGNAL" "$CTCLIP_STEP_PID" 2>/dev/null || true; fi
 }
 
+# Installed now, not when the step starts: a warning that comes during set-up (or while an LLM server
+# starts) would otherwise kill the batch shell (USR1's default action); this way it is kept, and
+# ctclip_run_step requeues without starting the step.
+trap _ctclip_on_usr1 USR1
+
 _ctclip_on_term() {
   ctclip_log "TERM: job is being cancelled or preempted; forwarding to the step"
   if [ -n "$CTCLIP_STEP_PID" ]; then kill -TERM "$CTCLIP_STEP_PID" 2>/dev/null || true; fi
@@ -165,6 +170,7 @@ _ctclip_on_term() {
 ctclip_run_step() {
   trap _ctclip_on_usr1 USR1
   trap _ctclip_on_term TERM
+  if [ "$CTCLIP_STOP_REQUESTED" = 1 ]; then _ctclip_requeue "the warning came before the step started"; fi
   # (a plain `cmd &` would start with INT ignored, and Python then never raises KeyboardInterrupt)
   (
     trap - INT QUIT
@@ -187,13 +193,16 @@ ctclip_run_step() {
     fi
   done
   wait "$CTCLIP_STEP_PID" || rc=$?
-  trap - USR1 TERM
+  trap - TERM
   CTCLIP_STEP_PID=
-  if [ "$CTCLIP_STOP_REQUESTED" = 1 ]; then
-    _ctclip_cleanup
-    ctclip_log "step exited with $rc after the stop request; requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID" || ctclip_die "scontrol requeue $SLURM_JOB_ID failed (was the job submitted with --requeue?)"
-    exit 0
-  fi
+  if [ "$CTCLIP_STOP_REQUESTED" = 1 ]; then _ctclip_requeue "step exited with $rc after the stop request"; fi
   return "$rc"
+}
+
+# Clean-up first: the requeue tears the job down at once.
+_ctclip_requeue() {
+  _ctclip_cleanup
+  ctclip_log "$1; requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID" || ctclip_die "scontrol requeue $SLURM_JOB_ID failed (was the job submitted with --requeue?)"
+  exit 0
 }

@@ -206,3 +206,34 @@ def test_submit_rejects_bad_requests(recorder, args, message):
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert log.read_text(encoding='utf-8') == ''
+
+
+@pytest.mark.parametrize('when', ['before the step', 'during the step'])
+def test_warning_signal_runs_clean_up_then_requeues(tmp_path, recorder, when):
+    """USR1 stops the step (or keeps it from starting), then clean-up runs, then the job requeues."""
+    env, log = recorder
+    env |= {'SLURM_JOB_ID': '11', 'CTCLIP_SLURM_DIR': str(SLURM_DIR), 'CTCLIP_RESIGNAL_S': '1',
+            'CTCLIP_VENV': str(_fake_venv(tmp_path))}  # fmt: skip
+    step = (
+        'trap "echo step stopped >> $LOG; exit 0" USR1; echo step started >> $LOG; '
+        'while :; do sleep 0.1; done'
+    )
+    signal = (
+        'kill -USR1 $$'
+        if when == 'before the step'
+        else '(while ! grep -q "step started" "$LOG"; do sleep 0.1; done; kill -USR1 $$) &'
+    )
+    script = (
+        'source "$CTCLIP_SLURM_DIR/common.sh" && ctclip_setup\n'
+        'clean_up() { echo clean-up >> "$LOG"; }\n'
+        'ctclip_on_exit clean_up\n'
+        f'{signal}\n'
+        f"ctclip_run_step bash -c '{step}'\n"
+        'echo not reached >> "$LOG"\n'
+    )
+    result = _bash(script, env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text(encoding='utf-8').splitlines()
+    ran = ['step started', 'step stopped'] if when == 'during the step' else []
+    assert calls == [*ran, 'clean-up', 'scontrol requeue 11'], (calls, result.stderr)
+    assert 'requeueing job 11' in result.stderr

@@ -3,7 +3,7 @@
 Two jobs run side by side on n1 + n2 with the same config and seed:
 - an uninterrupted run through the DeepSpeed launcher (one per-node launcher started by srun);
 - a run through srun + torchrun (c10d rendezvous) with a 2-minute limit and the warning signal
-  110 s before it: it checkpoints on the signal, requeues itself and resumes.
+  80 s before it: it checkpoints on the signal, requeues itself and resumes.
 The step count continues across the requeue and the losses equal the uninterrupted run's.
 """
 
@@ -30,9 +30,12 @@ from tests.slurm.conftest import (
     wait_for,
 )
 
-# The first run must still be training when the warning comes. slurmctld checks time limits every
-# 30 s, so USR1@110 of a 2-minute limit arrives 10-40 s after the start; 200 steps took 57 s on a fast
-# CI machine, so USR1@90 (30-60 s) once came too late. A signal during start-up is re-sent.
+# The first run must still be training when the warning comes, and the warning must not come before
+# the batch script runs. slurmctld checks time limits every 30 s and sends --signal=B:USR1@N at the
+# first check that finds the job within N + 30 s of its limit: USR1@110 of a 2-minute limit went out
+# at the first check, which can fall in the instant between allocation and the script's start, and
+# the signal was lost (CI, once). USR1@80 arrives 10-40 s after the start (measured: 8 jobs, 2-34 s
+# after the start with USR1@85); 300 steps take 60-90 s. A signal during start-up is re-sent.
 STEPS = 300
 
 pytestmark = pytest.mark.slurm
@@ -79,7 +82,7 @@ def two_runs(slurm_cluster, tmp_path_factory):
     )  # fmt: skip
     limited = submit(
         'train_multinode.sbatch', ['--launcher', 'torchrun', '--', *train_args(root / 'limited')],
-        [*common, '--time=2', '--signal=B:USR1@110'], root, env={'CTCLIP_RESIGNAL_S': 2},
+        [*common, '--time=2', '--signal=B:USR1@80'], root, env={'CTCLIP_RESIGNAL_S': 2},
     )  # fmt: skip
     threading.Thread(target=_release_when_requeued, args=(limited.id,), daemon=True).start()
     return root, reference, limited
