@@ -71,6 +71,7 @@ def collect(demo: Demo) -> dict:
                 'protocol': bench.get('protocol'),
                 'headline': bench['headline'],
                 'per_class_auroc': {c: v['auroc'] for c, v in per_class.items()},
+                'per_class_positives': {c: v['n_positive'] for c, v in per_class.items()},
                 'undefined_classes': bench['classification'].get('undefined_classes', []),
                 'n_items': bench['classification']['n_items'],
             }
@@ -138,8 +139,13 @@ def render_markdown(demo: Demo, m: dict) -> str:
             '|---|---|',
         ]
         lines += [f'| {k} | {_fmt(v)} |' for k, v in bench['headline'].items()]
-        lines += ['', '| class | AUROC [95% CI] |', '|---|---|']
-        lines += [f'| {c} | {_fmt(v)} |' for c, v in bench['per_class_auroc'].items()]
+        # a class with one or two positive patients moves by tenths between runs: show how many
+        positives = bench.get('per_class_positives', {})
+        lines += ['', '| class | positive volumes | AUROC [95% CI] |', '|---|---:|---|']
+        lines += [
+            f'| {c} | {positives.get(c, "")} | {_fmt(v)} |'
+            for c, v in bench['per_class_auroc'].items()
+        ]
         lines += ['', f'Full report: `{_rel(demo, demo.paths[key] / "report.html")}`']
         for png, title in (
             ('roc_curves.png', 'ROC curves'),

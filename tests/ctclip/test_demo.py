@@ -51,6 +51,15 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     html = (out / 'report.html').read_text(encoding='utf-8')
     for png in ('bench/ct-rate/roc_curves.png', 'train/stage2/training_curves.png'):
         assert f'src="{png}"' in html
+    metrics = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
+    positives = metrics['bench_ct-rate']['per_class_positives']
+    assert sum(positives.values()) > 0 and set(positives) == set(
+        metrics['bench_ct-rate']['per_class_auroc']
+    )
+    report = (out / 'report.md').read_text(encoding='utf-8')
+    assert '| class | positive volumes | AUROC [95% CI] |' in report
+    name, n = next(iter(positives.items()))
+    assert f'| {name} | {n} | ' in report
 
 
 def test_quick_demo_beats_chance(quick_demo):
