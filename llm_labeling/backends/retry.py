@@ -1,7 +1,9 @@
 """Retries with exponential backoff that honour Retry-After, and the sorting of errors into kinds.
 
 Rate limits (429), server errors (5xx), timeouts, dropped connections and invalid model output are
-worth retrying; a bad API key or an unknown model is not, and stops the run.
+worth retrying; a bad API key or an unknown model is not, and stops the run. An answer cut off at
+max_tokens is not retried either: the same request is cut off again (and at temperature 0 it is the
+same answer), so the report fails at once with a reason that names the setting.
 """
 
 from __future__ import annotations
@@ -82,10 +84,34 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def cut_off_at(exc: BaseException) -> int | None:
+    """The max_tokens the model's last answer ran into, or None if it stopped by itself.
+
+    Servers disagree on how they say so: OpenAI and vLLM set finish_reason 'length'; llama.cpp's
+    server says 'tool_calls' for a cut-off tool call, so its token count is compared to the limit.
+    """
+    for e in _chain(exc):
+        completion = getattr(e, 'last_completion', None)
+        if completion is None:
+            continue
+        limit = (getattr(e, 'create_kwargs', None) or {}).get('max_tokens')
+        choices = getattr(completion, 'choices', None) or []
+        tokens = getattr(getattr(completion, 'usage', None), 'completion_tokens', None)
+        if choices and getattr(choices[0], 'finish_reason', None) == 'length':
+            return next((n for n in (limit, tokens) if n is not None), -1)
+        if limit is not None and tokens is not None and tokens >= limit:
+            return limit
+    return None
+
+
 def classify(exc: BaseException) -> tuple[bool, str, float | None]:
     """(retryable, reason, retry_after seconds) for an exception raised by one attempt."""
     import openai
 
+    limit = cut_off_at(exc)
+    if limit is not None:  # the same request would be cut off again: fail now, say what to change
+        at = f'max_tokens={limit}' if limit >= 0 else 'the token limit'
+        return False, f'output cut off at {at}: raise max_tokens', None
     for e in _chain(exc):
         if isinstance(e, openai.APIStatusError):
             status = e.status_code

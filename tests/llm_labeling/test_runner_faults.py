@@ -105,6 +105,26 @@ def test_invalid_output_is_reasked(tmp_path, bad):
     assert read_labels(out / 'labels.csv')['r1'] == ['0'] * len(FINDINGS)
 
 
+@pytest.mark.parametrize(('finish', 'requests'), [('length', 1), ('tool_calls', 3)])
+def test_answer_cut_off_at_max_tokens_fails_at_once_naming_the_setting(tmp_path, finish, requests):
+    """OpenAI and vLLM say 'length'; llama.cpp's server says 'tool_calls' with the token count at
+    the limit. instructor re-asks a malformed tool call (max_reasks=2), but the runner does not
+    retry: the same request would be cut off at the same place."""
+
+    def cut_off(request, n):
+        body = completion(request, arguments=json.dumps(all_not_mentioned())[:200])
+        body['choices'][0]['finish_reason'] = finish
+        body['usage']['completion_tokens'] = request['max_tokens']
+        return Reply(body=body)
+
+    out, server = run_one(tmp_path, cut_off, max_tokens=300, max_reasks=2)
+    assert len(server.requests) == requests
+    assert read_labels(out / 'labels.csv')['r1'] == [''] * len(FINDINGS)
+    failure = (out / 'failures.csv').read_text(encoding='utf-8').splitlines()[1]
+    assert 'output cut off at max_tokens=300: raise max_tokens' in failure, failure
+    assert failure.endswith(',1'), failure  # one attempt: no retries
+
+
 def test_quote_is_checked_and_normalised_to_the_report(tmp_path):
     def responder(request, n):
         answer = all_not_mentioned()
