@@ -168,7 +168,6 @@ _ctclip_on_term() {
 # ctclip_run_step CMD...: runs CMD (usually srun ...) in the background so the traps fire at once,
 # waits for it, and requeues the job when a USR1 arrived. Returns the step's exit code.
 ctclip_run_step() {
-  trap _ctclip_on_usr1 USR1
   trap _ctclip_on_term TERM
   if [ "$CTCLIP_STOP_REQUESTED" = 1 ]; then _ctclip_requeue "the warning came before the step started"; fi
   # (a plain `cmd &` would start with INT ignored, and Python then never raises KeyboardInterrupt)

@@ -140,11 +140,10 @@ def render_markdown(demo: Demo, m: dict) -> str:
         ]
         lines += [f'| {k} | {_fmt(v)} |' for k, v in bench['headline'].items()]
         # a class with one or two positive patients moves by tenths between runs: show how many
-        positives = bench.get('per_class_positives', {})
+        positives = bench['per_class_positives']
         lines += ['', '| class | positive volumes | AUROC [95% CI] |', '|---|---:|---|']
         lines += [
-            f'| {c} | {positives.get(c, "")} | {_fmt(v)} |'
-            for c, v in bench['per_class_auroc'].items()
+            f'| {c} | {positives[c]} | {_fmt(v)} |' for c, v in bench['per_class_auroc'].items()
         ]
         lines += ['', f'Full report: `{_rel(demo, demo.paths[key] / "report.html")}`']
         for png, title in (

@@ -84,8 +84,9 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def cut_off_at(exc: BaseException) -> int | None:
-    """The max_tokens the model's last answer ran into, or None if it stopped by itself.
+def cut_off_at(exc: BaseException) -> str | None:
+    """The token limit the model's last answer ran into ('max_tokens=N'), or None if it stopped
+    by itself.
 
     Servers disagree on how they say so: OpenAI and vLLM set finish_reason 'length'; llama.cpp's
     server says 'tool_calls' for a cut-off tool call, so its token count is compared to the limit.
@@ -98,9 +99,10 @@ def cut_off_at(exc: BaseException) -> int | None:
         choices = getattr(completion, 'choices', None) or []
         tokens = getattr(getattr(completion, 'usage', None), 'completion_tokens', None)
         if choices and getattr(choices[0], 'finish_reason', None) == 'length':
-            return next((n for n in (limit, tokens) if n is not None), -1)
+            known = limit if limit is not None else tokens
+            return f'max_tokens={known}' if known is not None else 'the token limit'
         if limit is not None and tokens is not None and tokens >= limit:
-            return limit
+            return f'max_tokens={limit}'
     return None
 
 
@@ -108,10 +110,9 @@ def classify(exc: BaseException) -> tuple[bool, str, float | None]:
     """(retryable, reason, retry_after seconds) for an exception raised by one attempt."""
     import openai
 
-    limit = cut_off_at(exc)
-    if limit is not None:  # the same request would be cut off again: fail now, say what to change
-        at = f'max_tokens={limit}' if limit >= 0 else 'the token limit'
-        return False, f'output cut off at {at}: raise max_tokens', None
+    cut = cut_off_at(exc)
+    if cut is not None:  # the same request would be cut off again: fail now, say what to change
+        return False, f'output cut off at {cut}: raise max_tokens', None
     for e in _chain(exc):
         if isinstance(e, openai.APIStatusError):
             status = e.status_code

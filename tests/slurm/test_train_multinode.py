@@ -34,7 +34,7 @@ from tests.slurm.conftest import (
 # the batch script runs. slurmctld checks time limits every 30 s and sends --signal=B:USR1@N at the
 # first check that finds the job within N + 30 s of its limit: USR1@110 of a 2-minute limit went out
 # at the first check, which can fall in the instant between allocation and the script's start, and
-# the signal was lost (CI, once). USR1@80 arrives 10-40 s after the start (measured: 8 jobs, 2-34 s
+# the signal was lost (CI, once). USR1@80 arrives 10-40 s after the start (measured: 8 jobs, 8-34 s
 # after the start with USR1@85); 300 steps take 60-90 s. A signal during start-up is re-sent.
 STEPS = 300
 
