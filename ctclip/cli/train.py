@@ -56,5 +56,18 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             f'Checkpointed at step {stop.step} ({stop.reason}): {stop.checkpoint}. Rerun to resume.'
         )
         return 0
+    finally:
+        _leave_process_group()
     print(f'Model exported to {final}')
     return 0
+
+
+def _leave_process_group() -> None:
+    """A launched worker (torchrun, srun) exits next: close gloo/NCCL first. Left to interpreter
+    exit, gloo's threads can be torn down while joinable, and the worker dies of SIGABRT after its
+    model was exported (seen once on the local Slurm cluster). A lone process keeps its group: the
+    demo runs the next stage in the same process."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.destroy_process_group()
