@@ -132,10 +132,14 @@ def aorta_path(anat: Anatomy) -> list[np.ndarray]:
 
 
 def effusion_level(anat: Anatomy, side: int, depth: float, z: np.ndarray) -> np.ndarray:
-    """y above which a layering pleural effusion of `depth` mm fills the lung (supine: posterior)."""
+    """y above which a layering pleural effusion of `depth` mm fills the lung (supine: posterior).
+
+    `depth` is the fluid's anteroposterior depth at the level of the diaphragm dome, where effusions
+    are measured; it fills the recess below and thins out over about 2.5 x `depth` mm above.
+    """
     _, b_c, shift = anat.cavity
-    base = anat.dome_z[0 if side < 0 else 1] - 70.0
-    return shift + b_c - depth + 0.55 * (z - base)
+    dome = anat.dome_z[0 if side < 0 else 1]
+    return shift + b_c - depth + 0.4 * (z - dome)
 
 
 def hilum(anat: Anatomy, side: int) -> np.ndarray:

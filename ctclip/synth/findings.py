@@ -166,20 +166,22 @@ class FindingSampler:
     def _emphysema(self, f: Finding) -> Finding:
         rng = self.rng
         kind = str(rng.choice(['centrilobular', 'centrilobular', 'paraseptal', 'bullous']))
+        severity = int(rng.integers(0, 3))  # the report's mild / moderate / marked
         holes = []
         for side in (-1, 1):
             if kind == 'centrilobular':
-                for _ in range(int(rng.integers(30, 70))):
+                # holes per lung for a mild, moderate or marked report
+                lo, hi = ((40, 70), (80, 120), (130, 180))[severity]
+                for _ in range(int(rng.integers(lo, hi))):
                     holes.append(
                         (
                             self.pmap.pick(rng, side, zone='upper', min_depth=6.0),
-                            float(rng.uniform(3.5, 7.0)),
+                            float(rng.uniform(4.0, 8.0)),
                         )
                     )
             else:
-                count = (
-                    int(rng.integers(6, 14)) if kind == 'paraseptal' else int(rng.integers(2, 5))
-                )
+                lo, hi = ((6, 12), (10, 18), (16, 26))[severity]
+                count = int(rng.integers(lo, hi)) if kind == 'paraseptal' else 2 + severity
                 size = (5.0, 9.0) if kind == 'paraseptal' else (12.0, 24.0)
                 for _ in range(count):
                     r = float(rng.uniform(*size))
@@ -196,7 +198,7 @@ class FindingSampler:
             side='bilateral',
             kind=kind,
             zone='upper lobes',
-            severity=str(rng.choice(['mild', 'moderate', 'marked'])),
+            severity=('mild', 'moderate', 'marked')[severity],
         )
         return f
 

@@ -394,3 +394,62 @@ def test_follow_up_scans_keep_chronic_findings():
         assert set(a.findings) & CHRONIC == set(b.findings) & CHRONIC
         for name in set(a.findings) & CHRONIC:
             assert repr(a.findings[name].parts) == repr(b.findings[name].parts), name
+
+
+def test_split_is_stratified_by_finding():
+    """Each finding's positive patients split about 80/20, so no class rests on one patient."""
+    from ctclip.synth.scan import scan_presence
+
+    for seed in (0, 1, 2):
+        tasks = plan_cohort(200, seed=seed)
+        patients: dict[int, tuple[str, set[str]]] = {}
+        for t in tasks:
+            split, found = patients.get(t.patient_no, (t.split, set()))
+            patients[t.patient_no] = (split, found | scan_presence(seed, t.patient_no, t.scan_no))
+        assert sum(s == 'valid' for s, _ in patients.values()) == round(0.2 * len(patients))
+        for name in FINDINGS:
+            splits = [s for s, found in patients.values() if name in found]
+            share = splits.count('valid') / len(splits)
+            assert 0.12 <= share <= 0.3, (seed, name, splits.count('valid'), len(splits))
+
+
+def test_presence_known_before_planning_matches_the_plan():
+    from ctclip.synth.scan import plan_scan, scan_presence
+
+    for t in plan_cohort(12, seed=5, small=True):
+        assert set(plan_scan(t).findings) == scan_presence(5, t.patient_no, t.scan_no)
+
+
+def test_pleural_effusion_has_its_reported_depth_at_the_dome():
+    from ctclip.synth.scan import plan_scan, render_recon
+
+    for task in plan_cohort(6, seed=4, small=True)[:3]:
+        plan = plan_scan(task, present={'Pleural effusion'})
+        fluid = render_recon(plan, 0)[1]['Pleural effusion']
+        grid = plan.recons[0]['grid']
+        z, y, x = grid.axes()
+        for part in plan.findings['Pleural effusion'].parts:
+            dome = plan.anat.dome_z[0 if part['side'] < 0 else 1]
+            k = int(np.argmin(np.abs(z[:, 0, 0] - dome)))
+            on_side = fluid[k] & (np.sign(x[0]) == part['side'])
+            ys = np.broadcast_to(y[0], on_side.shape)[on_side]
+            depth = ys.max() - ys.min() + grid.spacing_zyx[1]
+            # the lung (inside the pleura) ends 3 mm short of the cavity's back wall
+            assert part['depth'] - 3 - 2 * grid.spacing_zyx[1] <= depth <= part['depth'] + 2, (
+                part,
+                depth,
+            )
+
+
+def test_emphysema_extent_follows_the_reported_severity():
+    from ctclip.synth.scan import plan_scan
+
+    holes: dict[tuple[str, str], list[int]] = {}
+    for task in plan_cohort(60, seed=6, small=True):
+        f = plan_scan(task, present={'Emphysema'}).findings['Emphysema']
+        holes.setdefault((f.desc['kind'], f.desc['severity']), []).append(len(f.parts))
+    for kind in ('centrilobular', 'paraseptal', 'bullous'):
+        means = [
+            np.mean(holes[kind, s]) for s in ('mild', 'moderate', 'marked') if (kind, s) in holes
+        ]
+        assert len(means) >= 2 and means == sorted(means) and means[0] < means[-1], (kind, holes)
