@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,11 +56,13 @@ def masked_bce(
     row_mask: torch.Tensor | None = None,
     uncertain: str = 'ignore',
     row_weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE over known labels only. Targets: 1/0, probabilities in [0, 1], or -1 (uncertain/unknown).
 
     `uncertain='positive'|'negative'` maps -1 to 1|0 instead, except in rows that are -1 everywhere
-    (no labels at all), which stay masked. The mean is over the entries that count.
+    (no labels at all), which stay masked. The mean is over the entries that count. `pos_weight`
+    [C] scales each class's positive term, as in `binary_cross_entropy_with_logits`.
     """
     targets = targets.to(logits.device).float()
     unknown = targets < 0
@@ -74,11 +77,31 @@ def masked_bce(
     count = valid.sum()
     if count == 0:
         return _zero_like_graph(logits)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.clamp(0, 1), reduction='none')
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(logits.device, torch.float32)
+    loss = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.clamp(0, 1), reduction='none', pos_weight=pos_weight
+    )
     weights = valid.float()
     if row_weight is not None:
         weights = weights * row_weight.to(weights)[:, None]
     return (loss * weights).sum() / count
+
+
+def balanced_pos_weight(labels: np.ndarray, cap: float = 5.0) -> list[float]:
+    """Per-class positive weight sqrt(negatives / positives), clipped to [1, cap].
+
+    Rare findings (7-12 % of CT-RATE scans) otherwise get few positive gradients in a short run;
+    the square root softens plain inverse frequency, which would weight a 7 % class 13x. Labels
+    are [N, C] in {1, 0, -1}; -1 (uncertain or unknown) is left out of the counts, and a class with
+    no known positive gets the cap.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    pos = (labels == 1).sum(axis=0)
+    neg = (labels == 0).sum(axis=0)
+    ratio = np.sqrt(neg / np.maximum(pos, 1)) if labels.size else np.ones(labels.shape[1])
+    ratio = np.where(pos > 0, ratio, cap)
+    return [round(float(v), 4) for v in np.clip(ratio, 1.0, cap)]
 
 
 def soft_jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -108,19 +131,43 @@ class BCELoss:
     uncertain: str = 'ignore'
     pseudo_weight: float = 1.0
     text: bool = False
+    # None, one number, one per class, or 'balanced' (ctclip train resolves it from the training
+    # labels with `balanced_pos_weight`)
+    pos_weight: Any = None
     name = 'bce'
     requires = {'image_logits': "a classifier (head_cfg.type 'image' or 'shared')"}
+
+    def _pos_weight(self, n_classes: int) -> torch.Tensor | None:
+        if self.pos_weight is None:
+            return None
+        if isinstance(self.pos_weight, str):
+            raise ValueError(
+                f"loss.bce.pos_weight '{self.pos_weight}' must be resolved from the training labels "
+                '(ctclip train does it; elsewhere call ctclip.losses.balanced_pos_weight) '
+                'before the loss is used'
+            )
+        weights = torch.as_tensor(self.pos_weight, dtype=torch.float32).reshape(-1)
+        if weights.numel() == 1:
+            return weights.expand(n_classes)
+        if weights.numel() != n_classes:
+            raise ValueError(
+                f'loss.bce.pos_weight has {weights.numel()} values for {n_classes} classes'
+            )
+        return weights
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         logits = outputs['image_logits']
         n, device = logits.shape[0], logits.device
+        pos_weight = self._pos_weight(logits.shape[1])
         row_weight = None
         if batch.get('image_labels_are_pseudo') is not None and self.pseudo_weight != 1.0:
             pseudo = torch.as_tensor(batch['image_labels_are_pseudo'], device=device).bool()
             row_weight = torch.where(pseudo, self.pseudo_weight, 1.0).float()
         has_image = _rows(batch, 'has_image', n, device)
         out = {
-            'bce': masked_bce(logits, batch['image_labels'], has_image, self.uncertain, row_weight)
+            'bce': masked_bce(
+                logits, batch['image_labels'], has_image, self.uncertain, row_weight, pos_weight
+            )
         }
         if self.text:
             has_text = _rows(batch, 'has_text', n, device)

@@ -74,6 +74,19 @@ class Trainer:
         self.total_steps = self._total_steps()
         self._init_deepspeed()
 
+    def _resolved_loss_cfg(self) -> dict:
+        """The loss config with `bce.pos_weight: balanced` turned into numbers from this run's
+        training labels (the same on every rank, and again on resume)."""
+        from ctclip.losses import balanced_pos_weight
+
+        loss_cfg = dict(self.cfg['loss'])
+        bce = loss_cfg.get('bce')
+        if isinstance(bce, Mapping) and bce.get('pos_weight') == 'balanced':
+            weights = balanced_pos_weight(self.train_ds.table.labels)
+            loss_cfg['bce'] = {**bce, 'pos_weight': weights}
+            _logger.info('loss.bce.pos_weight balanced from the training labels: %s', weights)
+        return loss_cfg
+
     def _barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()
@@ -117,7 +130,7 @@ class Trainer:
             self.engine.enable_backward_allreduce = False
         from ctclip.losses import create_loss
 
-        self.loss_fn = create_loss(self.cfg['loss'], rank=self.rank, world_size=self.world)
+        self.loss_fn = create_loss(self._resolved_loss_cfg(), rank=self.rank, world_size=self.world)
         device = self.engine.device
         self.prompts = {
             k: v.to(device) for k, v in eng.prompt_inputs(self.loss_fn, self.model).items()

@@ -16,6 +16,7 @@ from ctclip.losses import (
     ClipLoss,
     EvidenceLoss,
     MultiPositiveLoss,
+    balanced_pos_weight,
     create_loss,
     masked_bce,
     soft_jaccard,
@@ -86,6 +87,42 @@ def test_bce_term_weights_pseudo_rows_and_adds_the_text_side():
         out['bce_text'], F.binary_cross_entropy_with_logits(logits[0], torch.zeros(1))
     )
     assert torch.allclose(out['loss'], 2 * out['bce'] + 2 * out['bce_text'])
+
+
+def test_bce_pos_weight_scales_each_class_positive_term_only():
+    logits = torch.tensor([[0.5, -1.0], [2.0, 0.3], [-0.7, 1.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, -1.0], [1.0, 1.0]])
+    loss = create_loss({'bce': {'pos_weight': [3.0, 0.5]}})
+    out = loss({'image_logits': logits}, {'image_labels': targets})
+    weights = torch.tensor([3.0, 0.5])
+    per = -(weights * targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits))
+    known = targets >= 0
+    assert torch.allclose(out['bce'], per[known].mean())
+    one = create_loss({'bce': {'pos_weight': 2.0}})(
+        {'image_logits': logits}, {'image_labels': targets}
+    )
+    both = create_loss({'bce': {'pos_weight': [2.0, 2.0]}})(
+        {'image_logits': logits}, {'image_labels': targets}
+    )
+    assert torch.equal(one['bce'], both['bce'])
+
+
+def test_bce_pos_weight_errors_name_the_setting():
+    batch = {'image_labels': torch.ones(1, 3)}
+    with pytest.raises(ValueError, match="pos_weight 'balanced' must be resolved"):
+        create_loss({'bce': {'pos_weight': 'balanced'}})({'image_logits': torch.zeros(1, 3)}, batch)
+    with pytest.raises(ValueError, match='2 values for 3 classes'):
+        create_loss({'bce': {'pos_weight': [1.0, 2.0]}})({'image_logits': torch.zeros(1, 3)}, batch)
+
+
+def test_balanced_pos_weight_is_the_clipped_square_root_of_the_class_ratio():
+    labels = np.array([[1, 0, 1, -1], [0, 0, 1, -1], [0, 0, 1, 1], [0, 1, 0, -1], [0, 0, 1, 0]])
+    # class 0: 1 positive, 4 negatives -> 2; class 1: 1/4 -> 2; class 2: 4 positives, 1 negative
+    # -> 0.5, clipped to 1; class 3: 1 positive, 1 negative (the -1 do not count) -> 1
+    assert balanced_pos_weight(labels) == [2.0, 2.0, 1.0, 1.0]
+    rare = np.array([[1]] + [[0]] * 99)
+    assert balanced_pos_weight(rare) == [5.0]  # sqrt(99) = 9.95, capped
+    assert balanced_pos_weight(np.zeros((4, 1))) == [5.0]  # no positive known: the cap
 
 
 def test_text_bce_uses_only_unpaired_reports_by_default():

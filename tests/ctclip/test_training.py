@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -84,11 +85,16 @@ def test_auroc_matches_the_rank_definition():
     assert mean == 1.0 and np.isnan(per_class[1])
 
 
-def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path):
+def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path, caplog):
     from ctclip.model import CTClip
 
     cfg1 = config(cohort, tmp_path / 's1')
-    final1 = train(cfg1)
+    assert cfg1['loss']['bce']['pos_weight'] == 'balanced'
+    with caplog.at_level(logging.INFO, logger='ctclip.training.trainer'):
+        final1 = train(cfg1)
+    resolved = [r for r in caplog.records if 'pos_weight balanced' in r.getMessage()]
+    assert len(resolved) == 1 and len(resolved[0].args[0]) == 18
+    assert all(1.0 <= w <= 5.0 for w in resolved[0].args[0])
     run1 = tmp_path / 's1'
     torch.manual_seed(int(cfg1['train']['seed']))  # as the trainer does: the same initial weights
     initial = build_model(cfg1['model'], None)
