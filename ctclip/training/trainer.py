@@ -75,14 +75,14 @@ class Trainer:
         self._init_deepspeed()
 
     def _resolved_loss_cfg(self) -> dict:
-        """The loss config with `bce.pos_weight: balanced` turned into numbers from this run's
-        training labels (the same on every rank, and again on resume)."""
+        """The loss config with `bce.pos_weight: balanced` turned into numbers from the labels
+        the image BCE sees: the paired training studies' (the same on every rank and on resume)."""
         from ctclip.losses import balanced_pos_weight
 
         loss_cfg = dict(self.cfg['loss'])
         bce = loss_cfg.get('bce')
         if isinstance(bce, Mapping) and bce.get('pos_weight') == 'balanced':
-            weights = balanced_pos_weight(self.train_ds.table.labels)
+            weights = balanced_pos_weight(self.train_ds.table.labels[self.train_ds.paired])
             loss_cfg['bce'] = {**bce, 'pos_weight': weights}
             _logger.info('loss.bce.pos_weight balanced from the training labels: %s', weights)
         return loss_cfg
