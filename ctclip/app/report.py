@@ -169,7 +169,7 @@ def render_html(markdown: str) -> str:
     for line in markdown.splitlines():
         if line.startswith('|'):
             cells = [c.strip() for c in line.strip('|').split('|')]
-            if all(set(c) <= {'-'} for c in cells):
+            if all(c and set(c) <= {'-', ':'} for c in cells):  # the separator, aligned or not
                 continue
             tag = 'th' if not in_table else 'td'
             if not in_table:

@@ -124,6 +124,8 @@ def test_render_html_tables_images_and_escaping():
     assert '<h1>Title</h1>' in out
     assert '<th>a</th><th>b</th>' in out and '<td>1</td><td>&lt;2&gt;</td>' in out
     assert '<img src="bench/roc.png" alt="ROC">' in out
+    aligned = render_html('| class | n |\n|:---|---:|\n| x | 3 |\n')
+    assert '---' not in aligned and '<td>x</td><td>3</td>' in aligned
 
 
 def test_ablation_arms_are_valid_configs():
