@@ -99,8 +99,7 @@ def balanced_pos_weight(labels: np.ndarray, cap: float = 5.0) -> list[float]:
     labels = np.asarray(labels, dtype=np.float64)
     pos = (labels == 1).sum(axis=0)
     neg = (labels == 0).sum(axis=0)
-    ratio = np.sqrt(neg / np.maximum(pos, 1)) if labels.size else np.ones(labels.shape[1])
-    ratio = np.where(pos > 0, ratio, cap)
+    ratio = np.where(pos > 0, np.sqrt(neg / np.maximum(pos, 1)), cap)
     return [round(float(v), 4) for v in np.clip(ratio, 1.0, cap)]
 
 

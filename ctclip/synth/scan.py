@@ -94,9 +94,7 @@ class ScanPlan:
 
 def plan_scan(task: ScanTask, present: set[str] | None = None) -> ScanPlan:
     """Everything about a scan except its voxels; `present` overrides the sampled findings."""
-    prng = stream(task.seed, PURPOSES['patient'], task.patient_no)
-    sex = 'M' if prng.random() < 0.55 else 'F'
-    age_factor = float(prng.standard_normal())  # = _age_factor(task.seed, task.patient_no)
+    prng, sex, age_factor = _patient(task.seed, task.patient_no)
     base_age = int(np.clip(round(56 + 14 * age_factor + prng.normal(0, 5)), 19, 92))
     age = base_age + 2 * task.scan_no  # a follow-up two years later, same chest
     anat = sample_anatomy(prng, sex, base_age)
@@ -133,18 +131,17 @@ def plan_scan(task: ScanTask, present: set[str] | None = None) -> ScanPlan:
     return ScanPlan(task, sex, age, anat, tree, findings, incidental, report, scanner, recons)
 
 
-def _age_factor(seed: int, patient_no: int) -> float:
-    """The patient's latent age score: the second draw of the patient stream, as in `plan_scan`."""
+def _patient(seed: int, patient_no: int) -> tuple[np.random.Generator, str, float]:
+    """The patient stream after its first two draws: sex and the latent age score."""
     prng = stream(seed, PURPOSES['patient'], patient_no)
-    prng.random()
-    return float(prng.standard_normal())
+    sex = 'M' if prng.random() < 0.55 else 'F'
+    return prng, sex, float(prng.standard_normal())
 
 
 def scan_presence(seed: int, patient_no: int, scan_no: int) -> set[str]:
     """Findings of a scan without planning it (the cohort split needs them up front)."""
-    return _presence(
-        ScanTask(seed, patient_no, scan_no, '', 0, 1, True), _age_factor(seed, patient_no)
-    )
+    _, _, age_factor = _patient(seed, patient_no)
+    return _presence(ScanTask(seed, patient_no, scan_no, '', 0, 1, True), age_factor)
 
 
 def _presence(task: ScanTask, age_factor: float) -> set[str]:
