@@ -39,3 +39,33 @@ def test_peak_table_and_override(monkeypatch):
     assert bench_gpu.peak_tflops('Some Future GPU') is None
     monkeypatch.setenv('CTCLIP_PEAK_TFLOPS', '123')
     assert bench_gpu.peak_tflops('Some Future GPU') == 123.0
+
+
+def test_gpu_scaling_script_builds_a_cohort_trains_variants_and_names_a_failed_one(tmp_path):
+    """The accuracy-vs-compute script on a CPU: a tiny cohort, one real run and one broken one."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, SCALING_DIR=str(tmp_path), WORKERS='1', PYTHON=sys.executable)
+    proc = subprocess.run(
+        [
+            'bash',
+            str(root / 'benchmarks/perf/gpu_scaling.sh'),
+            '12',
+            'tiny=train.epochs=null train.steps=2',
+            'broken=train.epochs=null train.steps=2 optim.lr=not-a-number',
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert re.search(r'tiny  head AUROC (0\.\d+|1\.000)  step 2', proc.stdout), proc.stdout
+    assert proc.returncode != 0
+    assert f'broken: no validation record; see {tmp_path}/n12/runs/broken.log' in proc.stderr
+    assert (tmp_path / 'n12' / 'runs' / 'tiny' / 'final').is_dir()
