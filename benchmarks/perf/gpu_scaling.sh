@@ -23,9 +23,9 @@ if [ ! -f "$D/cache/ctrate.h5" ]; then
   "$PY" -c "
 import sys
 from pathlib import Path
-from ctclip.app.demo import _concat_csv
+from ctclip.app.demo import concat_csv
 ds = Path(sys.argv[1]) / 'cohort' / 'dataset' / 'radiology_text_reports'
-_concat_csv([ds / f'{x}_reports.csv' for x in ('train', 'validation')], Path(sys.argv[2]))
+concat_csv([ds / f'{x}_reports.csv' for x in ('train', 'validation')], Path(sys.argv[2]))
 " "$D" "$D/labels/reports.csv"
   "$PY" -m ctclip label --reports "$D/labels/reports.csv" --out-dir "$D/labels" --backend rules
 fi

@@ -59,7 +59,7 @@ def _cli(argv: list[str], stage: str) -> None:
         raise RuntimeError(f"Demo stage '{stage}' failed: `ctclip {' '.join(argv)}` exited {code}")
 
 
-def _concat_csv(sources: list[Path], target: Path) -> Path:
+def concat_csv(sources: list[Path], target: Path) -> Path:
     """Join CSVs with the same header (CT-RATE ships train and validation tables separately)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix('.tmp')
@@ -185,7 +185,7 @@ class Demo:
 
     def label(self, s: dict) -> dict:
         out = self.paths['labels']
-        reports = _concat_csv(
+        reports = concat_csv(
             [
                 self.ctrate('radiology_text_reports', f'{x}_reports.csv')
                 for x in ('train', 'validation')
@@ -212,7 +212,7 @@ class Demo:
             for x in ('train', 'valid')
         ]
         if all(p.exists() for p in gold_files):
-            gold = _concat_csv(gold_files, out / 'gold_labels.csv')
+            gold = concat_csv(gold_files, out / 'gold_labels.csv')
             _cli(
                 [
                     'label',
@@ -278,7 +278,7 @@ class Demo:
 
     def bench_rad(self, s: dict) -> dict:
         rad = self.rad_root / 'radchestct'
-        labels = _concat_csv(
+        labels = concat_csv(
             [rad / f'img{x}.csv' for x in ('train', 'valid', 'test')],
             self.paths['bench_rad'] / 'labels_all.csv',
         )
