@@ -38,8 +38,11 @@ set -f # the overrides hold [..] lists, not globs
 for spec in "$@"; do
   name=${spec%%=*}
   read -r -a overrides <<<"${spec#*=}"
-  # eval_every beyond the last step: one validation, at the end
-  "$PY" -m ctclip train --config configs/train/stage1-small.yaml "data.cache=$D/cache/ctrate.h5" \
+  # Each variant is a one-process run of its own: a RANK or MASTER_PORT from the calling
+  # environment (an allocation, a launcher) would make them join one group or share one port.
+  # eval_every beyond the last step: one validation, at the end.
+  env -u MASTER_PORT RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 \
+    "$PY" -m ctclip train --config configs/train/stage1-small.yaml "data.cache=$D/cache/ctrate.h5" \
     "data.labels=$D/labels/labels.csv" "data.reports=$D/labels/reports.csv" data.num_workers=2 \
     "train.output_dir=$D/runs/$name" train.eval_every=1000000 train.progress=false "${TXT[@]}" \
     "${overrides[@]}" >"$D/runs/$name.log" 2>&1 &

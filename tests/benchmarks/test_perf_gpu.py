@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from benchmarks.perf import bench_gpu
@@ -43,28 +50,26 @@ def test_peak_table_and_override(monkeypatch):
 
 def test_gpu_scaling_script_builds_a_cohort_trains_variants_and_names_a_failed_one(tmp_path):
     """The accuracy-vs-compute script on a CPU: a tiny cohort, one real run and one broken one."""
-    import os
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, SCALING_DIR=str(tmp_path), WORKERS='1', PYTHON=sys.executable)
-    proc = subprocess.run(
-        [
-            'bash',
-            str(root / 'benchmarks/perf/gpu_scaling.sh'),
-            '12',
-            'tiny=train.epochs=null train.steps=2',
-            'broken=train.epochs=null train.steps=2 optim.lr=not-a-number',
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    script = Path(__file__).resolve().parents[2] / 'benchmarks' / 'perf' / 'gpu_scaling.sh'
+    variants = [
+        'tiny=train.epochs=null train.steps=2',
+        'broken=train.epochs=null train.steps=2 optim.lr=not-a-number',
+    ]
+    # The caller's environment names a rendezvous port that is taken, as pytest's own does after
+    # an in-process Trainer, or a launcher's would: each variant must still get a port of its own.
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        env.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(busy.getsockname()[1]), RANK='0')
+        proc = subprocess.run(
+            ['bash', str(script), '12', *variants],
+            cwd=script.parents[2],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert re.search(r'tiny  head AUROC (0\.\d+|1\.000)  step 2', proc.stdout), proc.stdout
     assert proc.returncode != 0
     assert f'broken: no validation record; see {tmp_path}/n12/runs/broken.log' in proc.stderr
