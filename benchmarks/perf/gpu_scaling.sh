@@ -48,14 +48,21 @@ for spec in "$@"; do
     "${overrides[@]}" >"$D/runs/$name.log" 2>&1 &
 done
 wait
-for spec in "$@"; do
-  name=${spec%%=*}
-  "$PY" -c "
+names=()
+for spec in "$@"; do names+=("${spec%%=*}"); done
+# one interpreter reads every run's last validation record; runs without one are named at the end
+"$PY" - "$D/runs" "${names[@]}" <<'PY'
 import sys
+from pathlib import Path
+
 from ctclip.training.trainer import final_metrics
-m = final_metrics(sys.argv[1])
-if not m:
-    sys.exit(f'{sys.argv[2]}: no validation record; see {sys.argv[1]}.log')
-print(f\"{sys.argv[2]:>12}  head AUROC {m.get('val/head_auroc', float('nan')):.3f}  step {m.get('step')}\")
-" "$D/runs/$name" "$name"
-done
+
+runs, failed = Path(sys.argv[1]), []
+for name in sys.argv[2:]:
+    m = final_metrics(runs / name)
+    if not m:
+        failed.append(f'{name}: no validation record; see {runs / name}.log')
+        continue
+    print(f"{name:>12}  head AUROC {m.get('val/head_auroc', float('nan')):.3f}  step {m.get('step')}")
+sys.exit('\n'.join(failed) or None)
+PY
