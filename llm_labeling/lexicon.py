@@ -52,9 +52,11 @@ _NOT_LUNG = (
 
 # Calcified plaque words, and the non-coronary thoracic arteries the manual labels count.
 _CALC = r'calcifi\w+|calcific|atherom\w+|atheroscleros\w+|atherosclerotic|plaques?'
+# Atherosclerosis alone is not a calcification for the manual labels (1 of 4 dev reports)...
+_WALL_CALC = r'calcifi\w+|calcific|atherom\w+|plaques?'
 _ARTERY = (
     r'(?<!abdominal )aort(?:a|ic)(?! valve)|arcus|(?<!abdominal )aortic arch|carotid\w*|subclavian'
-    r'|brachiocephalic|(?<!coronary )(?<!descending )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
+    r'|brachiocephalic|(?<!anterior )(?:ascending|descending)(?=[^.;]*\baorta\b)|(?<!coronary )(?<!descending )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
 )
 
 # A density increase is an opacity only where the clause places it in the lung.
@@ -128,8 +130,11 @@ LEXICON: dict[str, FindingPatterns] = {
     ),
     'Arterial wall calcification': FindingPatterns(
         triggers=(
-            rf'\b(?:{_CALC})\b(?=[^.;]*\b(?:{_ARTERY})\b)',
-            rf'\b(?:{_ARTERY})\b[^.;]*?\b(?P<t>{_CALC})\b',
+            rf'\b(?:{_WALL_CALC})\b(?=[^.;]*\b(?:{_ARTERY})\b)',
+            rf'\b(?:{_ARTERY})\b[^.;]*?\b(?P<t>{_WALL_CALC})\b',
+            # ... unless it is placed in the thoracic aorta itself.
+            r'\batheroscler\w*(?: \w+){0,4} (?:in|of|on) the (?:walls? of the )?(?:thoracic |ascending |descending )?'
+            r'(?:aorta|aortic arch|arcus aorta)\b(?! valve)',
         ),
         excludes=(
             rf'\b(?P<x>{_CALC})\b(?: \w+){{0,2}} (?:in|of|on) (?:the )?(?:walls? of (?:the )?)?coronar\w*'
@@ -152,7 +157,7 @@ LEXICON: dict[str, FindingPatterns] = {
     ),
     'Pericardial effusion': FindingPatterns(
         triggers=(
-            r'\bpericardial (?:effusion|fluid)\w*',
+            r'\bpericardial (?:(?:minimal|mild|slight|small|little|trace|moderate|marked) )?(?:effusion|fluid)\w*',
             r'\b(?:effusion|fluid) (?:\w+ )?(?:in|within) the pericard\w*',
             r'\bpericardial effusion-thickening\b',
             r'\b(?:effusion|fluid)\w*\b(?=[^.;]*\bpericard\w*)',
@@ -170,7 +175,13 @@ LEXICON: dict[str, FindingPatterns] = {
         ),
     ),
     'Hiatal hernia': FindingPatterns(
-        triggers=(r'\bhiatal? hernia\w*', r'\bhiatus hernia\w*', r'\bsliding (?:type )?hernia\w*'),
+        triggers=(
+            r'\bhiatal? hernia\w*',
+            r'\bhiatus hernia\w*',
+            r'\bsliding (?:type )?hernia\w*',
+            # A diaphragmatic hernia at the oesophageal hiatus is a hiatal hernia by another name.
+            r'\bdiaphragmatic hernia\w*(?=[^.;]*\b(?:esophag\w*|oesophag\w*|gastro-?esophageal|hiatus))',
+        ),
     ),
     'Lymphadenopathy': FindingPatterns(
         triggers=(
@@ -207,12 +218,14 @@ LEXICON: dict[str, FindingPatterns] = {
         ),
         excludes=(
             rf'\b{_NOT_LUNG}\b[^.;]*\b(?P<x>nodul\w*)',
-            rf'\b(?P<x>nodul\w*)\b[^.;]*\b(?:in|of|on) (?:the )?(?:\w+ )?{_NOT_LUNG}\b',
+            rf'\b(?P<x>nodul\w*)\b[^.;]*\b(?:in|of|on) (?:the )?(?:\w+ ){{0,3}}{_NOT_LUNG}\b',
             r'\bschmorl\w* nodul\w*|\bhypodense nodul\w*',
+            # 'No ... lesion is observed in mass or nodular structure' describes the lesion's shape.
+            r'\bin mass or (?P<x>nodular structures?)',
             r'\bnodular densit\w+ (?:increase|in the)',
             # A nodule of the pleura itself is not a lung nodule; subpleural/pleural-based ones are.
             r'(?<![-\w])pleural (?P<x>nodul\w*)',
-            r'\b(?P<x>nodul\w*)(?: [\w-]+){0,3} (?:in|of|on) the pleura\b',
+            r'\b(?P<x>nodul\w*)(?: [\w()?-]+){0,3} (?:in|of|on) the pleura\b',
         ),
     ),
     'Lung opacity': FindingPatterns(
@@ -231,10 +244,12 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bactive infiltrat\w+',
             r'\binfiltrat\w+ (?:into|the|of the) (?!lung|parenchyma)',
             r'\binfiltrating\b',
+            r'\b(?P<x>infiltrat\w+)\b[^.;]*?\b(?:in|of|into) (?:the )?(?:\w+ )?'
+            r'(?:adipose|fat\w*|pericolonic|mesenter\w*|subcutaneous|muscles?)\b',
             r'\b(?:centri)?acinar (?:nodular )?(?:opacit|infiltrat)\w*|\b(?:micro)?nodular (?:opacit|infiltrat|density)\w*',
             r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|peribronchial|metal\w*'
             r'|consolidat\w+|consolidative|fat\w*|adipose|subcutaneous|perirenal|pericolonic|skin|bone|liver'
-            r'|operative|vertebra\w*|soft tissue|mediastinum|pleural|pleura)\b(?:(?!ground)[^.;])*'
+            r'|operative|vertebra\w*|soft tissue|mediastinum|pleural|pleura)\b(?:(?!ground|, and\b)[^.;])*'
             r'\b(?P<x>density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density)',
             r'\b(?P<x>density increase\w*|increase\w* (?:in|of) (?:\w+ )?density|increased density)\b[^.;]*'
             r'\b(?:sequela\w*|pleuroparenchymal|fibrotic|consolidat\w+|edema|fat\w*|thymic)',
@@ -249,12 +264,15 @@ LEXICON: dict[str, FindingPatterns] = {
             rf'\b{typos("fibrotic")}\b',
             r'\bsequela\w*',
             r'\bparenchymal bands?\b',
+            # Annotators mark any pleuroparenchymal change as fibrotic sequela (72 of 75 dev reports).
+            r'\bpleuro-?parenchymal\b',
             r'\bscar\w*',
         ),
         excludes=(
-            r'\b(?:kidneys?|renal|perirenal|bone|ribs?|costa\w*|humerus|spleen|splenic|vertebra\w*|fracture\w*|'
+            # '5th elevation' is a rib: Turkish 'kot' is both rib and elevation.
+            r'\b(?:kidneys?|renal|perirenal|bone|ribs?|costa\w*|\d+(?:st|nd|rd|th) elevation|humerus|spleen|splenic|vertebra\w*|fracture\w*|'
             r'liver|hepatic|thyroid|breast|operation|postoperative)\b[^.;]*?(?P<x>sequela\w*|fibro\w+|scar\w*)',
-            r'(?P<x>sequela\w*|fibro\w+|scar\w*)\b[^.;]*?\b(?:kidneys?|renal|bone|ribs?|humerus|spleen|vertebra\w*)\b',
+            r'(?P<x>sequela\w*|fibro\w+|scar\w*)\b[^.;]*?\b(?:kidneys?|renal|bone|ribs?|\d+(?:st|nd|rd|th) elevation|humerus|spleen|vertebra\w*)\b',
             r'\b(?P<x>sequela\w*) of (?:a |an |the )?(?:previous |past |old )?(?:granulomatous|tb\b|tubercul)',
             r'\b(?:granulomatous \w+|tb|tuberculosis) (?P<x>sequela\w*)',
         ),
@@ -285,7 +303,7 @@ LEXICON: dict[str, FindingPatterns] = {
             r'\bperibronch(?:ial|ovascular)(?: wall| interstitial)? (?:and|or) (?:interlobular |intralobular )?'
             r'(?:septal|interstitial|interlobular)\b[^.;,]{0,20}?thick\w*',
             r'\bperi-bronch(?:ial|ovascular)\b(?: [\w-]+){0,4}? (?:thick\w*|cuff\w*)',
-            r'\b(?:thick\w*|calibration increase\w*)\b[^.;,]{0,60}?\bperibronch\w* (?:sheath|interstiti\w*)',
+            r'\b(?:thick\w*|calibration increase\w*)\b[^.;,]{0,80}?\bperibronch\w* (?:sheath|interstiti\w*)',
             r'\bperibronch(?:ial|ovascular) (?:\w+ )?(?:density increase\w*|increase\w* in density)',
             r'\bincrease\w* in (?:the )?peribronch(?:ial|ovascular) (?:\w+ )?density',
         ),
@@ -295,7 +313,11 @@ LEXICON: dict[str, FindingPatterns] = {
         triggers=(r'\bconsolidat\w+', rf'\b{typos("consolidat")}\w*'),
     ),
     'Bronchiectasis': FindingPatterns(
-        triggers=(r'\bbronchiecta\w+', rf'\b{typos("bronchiecta")}\w*'),
+        triggers=(
+            r'\bbronchiecta\w+',
+            rf'\b{typos("bronchiecta")}\w*',
+            r'\bbronch\w* ectasi\w*|\bectasi\w*(?= (?:[\w-]+ ){0,4}(?:in|of) (?:the )?bronch)',
+        ),
     ),
     'Interlobular septal thickening': FindingPatterns(
         triggers=(

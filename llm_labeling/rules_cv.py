@@ -9,6 +9,7 @@ set has duplicate reports under different ids); `heldout-unique` drops them. Run
     python -m llm_labeling.rules_cv --split heldout
     python -m llm_labeling.rules_cv --split dev --errors 'Lung opacity'
     python -m llm_labeling.rules_cv --split dev --consistency
+    python -m llm_labeling.rules_cv --split dev --adjudication
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ DEFAULT_MANUAL = Path(__file__).resolve().parents[2] / 'shared/data/ctrate/manua
 # The manual labels are binary. Uncertain mentions ("suspicious for", "cannot be excluded") were
 # marked positive by CT-RATE's annotators, so -1 scores as 1 against them.
 UNCERTAIN_AS = 1
+# Every dev error, read and put in one of three kinds (docs/labeling-rules.md, "Adjudication").
+ADJUDICATION = Path(__file__).with_name('dev_adjudication.csv')
+VERDICTS = ('gold_error', 'judgement', 'rule_error')
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,99 @@ def label_consistency(reports: Sequence[ManualReport], annotations: list) -> dic
     }
 
 
+def load_adjudication(path: str | Path) -> dict[tuple[str, str], str]:
+    """Read verdicts (accession, finding, category, ...) keyed by (accession, finding)."""
+    path = Path(path)
+    verdicts: dict[tuple[str, str], str] = {}
+    with path.open(newline='', encoding='utf-8') as handle:
+        reader = csv.DictReader(handle)
+        missing = [
+            c for c in ('accession', 'finding', 'category') if c not in (reader.fieldnames or ())
+        ]
+        if missing:
+            raise ValueError(f'{path} lacks the columns {missing}')
+        for line, row in enumerate(reader, start=2):
+            if row['finding'] not in FINDINGS:
+                raise ValueError(f'{path} line {line}: unknown finding {row["finding"]!r}')
+            if row['category'] not in VERDICTS:
+                raise ValueError(
+                    f'{path} line {line}: category must be one of {VERDICTS}, not {row["category"]!r}'
+                )
+            key = (row['accession'], row['finding'])
+            if key in verdicts:
+                raise ValueError(f'{path} line {line}: {key} is adjudicated twice')
+            verdicts[key] = row['category']
+    return verdicts
+
+
+def adjudicate(
+    gold: Sequence[dict[str, int]],
+    pred: Sequence[dict[str, int]],
+    accessions: Sequence[str],
+    verdicts: dict[tuple[str, str], str],
+) -> dict:
+    """What each kind of disagreement costs, and so how far any rule change can still go.
+
+    Against the manual labels: the macro F1 as it is, with every remaining `rule_error` fixed,
+    and the ceiling of a labeler that matches every manual label except the `gold_error`s (where
+    it says what the text says). Against the adjudicated labels (gold errors flipped): the rules'
+    own macro F1. Errors with no verdict are listed, and so are verdicts that are no longer errors.
+    """
+    counts = dict.fromkeys((*VERDICTS, 'unadjudicated'), 0)
+    per_finding = {name: dict.fromkeys((*VERDICTS, 'unadjudicated'), 0) for name in FINDINGS}
+    unadjudicated, errors = [], set()
+    fixed_pred = [{k: binary(v) for k, v in p.items()} for p in pred]
+    corrected_gold = [dict(g) for g in gold]
+    ceiling = [dict(g) for g in gold]
+    for i, accession in enumerate(accessions):
+        for name in FINDINGS:
+            said = binary(pred[i][name])
+            if said == gold[i][name]:
+                continue
+            errors.add((accession, name))
+            kind = verdicts.get((accession, name), 'unadjudicated')
+            counts[kind] += 1
+            per_finding[name][kind] += 1
+            if kind == 'unadjudicated':
+                unadjudicated.append((accession, name))
+            elif kind == 'rule_error':
+                fixed_pred[i][name] = gold[i][name]
+            elif kind == 'gold_error':
+                corrected_gold[i][name] = said
+                ceiling[i][name] = said
+    seen = set(accessions)
+    no_longer = sorted(k for k in verdicts if k[0] in seen and k not in errors)
+    return {
+        'errors': counts,
+        'per_finding': per_finding,
+        'macro_f1': score(gold, pred)['macro_f1'],
+        'macro_f1_rule_errors_fixed': score(gold, fixed_pred)['macro_f1'],
+        'macro_f1_ceiling': score(gold, ceiling)['macro_f1'],
+        'macro_f1_vs_adjudicated': score(corrected_gold, pred)['macro_f1'],
+        'unadjudicated': unadjudicated,
+        'no_longer_errors': no_longer,
+    }
+
+
+def _print_adjudication(result: dict) -> None:
+    counts = result['errors']
+    print(
+        f'{sum(counts.values())} dev errors: '
+        + ', '.join(f'{n} {kind}' for kind, n in counts.items())
+    )
+    print(f'  macro F1 against the manual labels        {result["macro_f1"]:.4f}')
+    print(f'  ... with every rule_error fixed           {result["macro_f1_rule_errors_fixed"]:.4f}')
+    print(f'  ... ceiling (only gold_error left)        {result["macro_f1_ceiling"]:.4f}')
+    print(f'  against the adjudicated labels            {result["macro_f1_vs_adjudicated"]:.4f}')
+    for name, by_kind in result['per_finding'].items():
+        if any(by_kind.values()):
+            print(f'  {name}: ' + ', '.join(f'{n} {k}' for k, n in by_kind.items() if n))
+    for accession, name in result['unadjudicated']:
+        print(f'  no verdict: {accession} {name}')
+    if result['no_longer_errors']:
+        print(f'  {len(result["no_longer_errors"])} adjudicated errors are no longer errors')
+
+
 def _print_consistency(result: dict) -> None:
     print(
         f'{result["reports"]} reports in {result["groups"]} groups share a deciding sentence; '
@@ -231,6 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action='store_true',
         help='print dev sentences the manual labels mark both ways',
     )
+    parser.add_argument(
+        '--adjudication',
+        type=Path,
+        nargs='?',
+        const=ADJUDICATION,
+        help='split the dev errors by verdict (default file: llm_labeling/dev_adjudication.csv)',
+    )
     parser.add_argument('--json', type=Path, help='also write the scores here')
     parser.add_argument(
         '--bootstrap', type=int, default=1000, help='resamples for the macro CI (0: none)'
@@ -243,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             '--consistency is only allowed with --split dev (held-out reports stay unseen)'
         )
+    if args.adjudication and args.split != 'dev':
+        parser.error(
+            '--adjudication is only allowed with --split dev (held-out reports stay unseen)'
+        )
     if args.errors and args.errors not in FINDINGS:
         parser.error(f'--errors must be one of {list(FINDINGS)}, not {args.errors!r}')
     reports = load_manual(args.manual, args.split)
@@ -251,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_errors(reports, annotations, args.errors)
     if args.consistency:
         _print_consistency(label_consistency(reports, annotations))
+    if args.adjudication:
+        result['adjudication'] = adjudicate(
+            [r.labels for r in reports],
+            [a.labels() for a in annotations],
+            [r.accession for r in reports],
+            load_adjudication(args.adjudication),
+        )
+        _print_adjudication(result['adjudication'])
     print(f'split={args.split} n={len(reports)} uncertain_as={UNCERTAIN_AS}')
     print(markdown_table(result))
     if args.json:

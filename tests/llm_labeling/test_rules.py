@@ -310,6 +310,92 @@ def test_asides_openers_negations_and_spellings(labeler, text, finding, expected
 
 
 @pytest.mark.parametrize(
+    'text, finding, expected',
+    [
+        # Rule errors found by adjudicating every dev error (docs/labeling-rules.md).
+        (
+            'Diaphragmatic hernia is observed at the level of the esophagogastric junction.',
+            'Hiatal hernia',
+            1,
+        ),
+        ('A right diaphragmatic hernia containing liver.', 'Hiatal hernia', 0),
+        ('Pericardial minimal effusion was observed.', 'Pericardial effusion', 1),
+        (
+            'Thickening and tractional bronchiectasis appearances are observed along the'
+            ' peribronchial sheath.',
+            'Peribronchial thickening',
+            1,
+        ),
+        (
+            'Calcific plaques are observed in the ascending, arch, descending and abdominal aorta.',
+            'Arterial wall calcification',
+            1,
+        ),
+        (
+            'Diffuse atherosclerotic changes are observed throughout the arterial system.',
+            'Arterial wall calcification',
+            0,
+        ),
+        (
+            'Millimetric atherosclerotic changes are observed in the thoracic aorta.',
+            'Arterial wall calcification',
+            1,
+        ),
+        (
+            'Atherosclerotic changes in the coronary arteries, dilatation of the ascending aorta.',
+            'Arterial wall calcification',
+            0,
+        ),
+        (
+            'Metastatic nodule sizes are stable in anterior and posterior mediastinum.',
+            'Lung nodule',
+            0,
+        ),
+        ('Nodular lesions (metastases?) in the pleura in the right lung.', 'Lung nodule', 0),
+        (
+            'No suspicious space-occupying lesion is observed in mass or nodular structure.',
+            'Lung nodule',
+            0,
+        ),
+        (
+            'An increase in density consistent with edema-infiltration in the pericolonic adipose'
+            ' tissue.',
+            'Lung opacity',
+            0,
+        ),
+        (
+            'A pleural effusion of 22 mm on the right, and linear density increases consistent with'
+            ' compressive atelectasis in the adjacent lung parenchyma.',
+            'Lung opacity',
+            1,
+        ),
+        (
+            'Sequela pleuroparenchymal bands, and areas of increased density consistent with'
+            ' atelectasis in both lungs.',
+            'Lung opacity',
+            1,
+        ),
+        (
+            'Pleuroparenchymal density increases in both apical segments.',
+            'Pulmonary fibrotic sequela',
+            1,
+        ),
+        ('No pleuroparenchymal change was observed.', 'Pulmonary fibrotic sequela', 0),
+        (
+            'Sequelae changes are observed in the 5th elevation on the right.',
+            'Pulmonary fibrotic sequela',
+            0,
+        ),
+        ('Diffuse ectasia is observed in bronchial structures in both lungs.', 'Bronchiectasis', 1),
+        ('Bronchial ectasia in the lower lobes.', 'Bronchiectasis', 1),
+        ('Ectasia of the ascending aorta.', 'Bronchiectasis', 0),
+    ],
+)
+def test_phrasings_from_the_dev_adjudication(labeler, text, finding, expected):
+    assert labeler.annotate('r', text).labels()[finding] == expected
+
+
+@pytest.mark.parametrize(
     'text, finding',
     [
         ('Linear atlectasis in the middle lobe.', 'Atelectasis'),
@@ -526,7 +612,7 @@ def test_real_manual_reports_heldout(tmp_path):
     assert min(per_class.values()) >= HELDOUT_CLASS_FLOOR, per_class
 
 
-HELDOUT_MACRO_FLOOR = 0.95  # measured 0.954
+HELDOUT_MACRO_FLOOR = 0.95  # measured 0.956
 HELDOUT_CLASS_FLOOR = 0.80  # measured 0.821 (Peribronchial thickening)
 
 
@@ -560,3 +646,76 @@ def test_consistency_only_for_dev(capsys):
     with pytest.raises(SystemExit):
         rules_cv.main(['--split', 'heldout', '--consistency'])
     assert '--consistency is only allowed with --split dev' in capsys.readouterr().err
+
+
+def test_adjudication_splits_errors_by_verdict():
+    """One finding, four reports: a true positive, a gold error, a rule error and a judgement."""
+    blank = dict.fromkeys(FINDINGS, 0)
+    gold = [blank | {'Emphysema': g} for g in (1, 0, 1, 0)]
+    pred = [blank | {'Emphysema': p} for p in (1, 1, 0, -1)]
+    pred[0] = pred[0] | {'Cardiomegaly': 1}  # an error nobody has adjudicated
+    verdicts = {
+        ('a0', 'Emphysema'): 'judgement',  # no longer an error
+        ('a1', 'Emphysema'): 'gold_error',
+        ('a2', 'Emphysema'): 'rule_error',
+        ('a3', 'Emphysema'): 'judgement',
+    }
+    result = rules_cv.adjudicate(gold, pred, ['a0', 'a1', 'a2', 'a3'], verdicts)
+    assert result['errors'] == {
+        'gold_error': 1,
+        'judgement': 1,
+        'rule_error': 1,
+        'unadjudicated': 1,
+    }
+    assert result['unadjudicated'] == [('a0', 'Cardiomegaly')]
+    assert result['no_longer_errors'] == [('a0', 'Emphysema')]
+    # Only Emphysema has positives, so each macro is its F1 over 18 classes.
+    # As is: TP 1, FP 2, FN 1. Rule error fixed: TP 2, FP 2. Ceiling: TP 2, FP 1.
+    # Against the adjudicated labels (a1 becomes 1): TP 2, FP 1, FN 1.
+    expected = {
+        'macro_f1': 0.4,
+        'macro_f1_rule_errors_fixed': 2 / 3,
+        'macro_f1_ceiling': 0.8,
+        'macro_f1_vs_adjudicated': 2 / 3,
+    }
+    for key, f1 in expected.items():
+        assert result[key] == pytest.approx(f1 / len(FINDINGS)), key
+
+
+def test_load_adjudication_names_the_bad_line(tmp_path):
+    path = tmp_path / 'verdicts.csv'
+    path.write_text(
+        'accession,finding,error,category,reason\n'
+        'train_1,Emphysema,FP,gold_error,plain\n'
+        'train_2,Emphysema,FP,maybe,unsure\n',
+        encoding='utf-8',
+    )
+    with pytest.raises(ValueError, match=r"verdicts.csv line 3: category must be one of .*'maybe'"):
+        rules_cv.load_adjudication(path)
+    path.write_text('accession,finding\ntrain_1,Emphysema\n', encoding='utf-8')
+    with pytest.raises(ValueError, match=r"lacks the columns \['category'\]"):
+        rules_cv.load_adjudication(path)
+
+
+def test_adjudication_only_for_dev(capsys):
+    with pytest.raises(SystemExit):
+        rules_cv.main(['--split', 'heldout', '--adjudication'])
+    assert 'only allowed with --split dev' in capsys.readouterr().err
+
+
+def test_every_dev_error_is_adjudicated(tmp_path):
+    """The shipped verdicts cover today's dev errors: a rule change that makes a new error must
+    adjudicate it, so the ceiling in docs/labeling-rules.md stays true."""
+    path = shared_path('ctrate', 'manual_labels_train.csv')
+    out = tmp_path / 'dev.json'
+    args = ['--manual', str(path), '--split', 'dev', '--adjudication', '--bootstrap', '0']
+    assert rules_cv.main([*args, '--json', str(out)]) == 0
+    result = json.loads(out.read_text())['adjudication']
+    assert result['unadjudicated'] == []
+    assert result['errors'] == {
+        'gold_error': 82,
+        'judgement': 78,
+        'rule_error': 8,
+        'unadjudicated': 0,
+    }
+    assert result['macro_f1_rule_errors_fixed'] < 0.97 < result['macro_f1_ceiling']
