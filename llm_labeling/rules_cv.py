@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,10 +215,23 @@ def label_consistency(reports: Sequence[ManualReport], annotations: list) -> dic
     }
 
 
-def load_adjudication(path: str | Path) -> dict[tuple[str, str], str]:
-    """Read verdicts (accession, finding, category, ...) keyed by (accession, finding)."""
+@dataclass(frozen=True)
+class Adjudication:
+    """Verdicts keyed by (accession, finding), and each row's two readers where both read it."""
+
+    verdicts: dict[tuple[str, str], str]
+    readers: list[tuple[str, str]]
+
+
+def load_adjudication(path: str | Path) -> Adjudication:
+    """Read `accession, finding, category[, reader_1, reader_2]` rows.
+
+    `category` is the verdict used for scoring: where two readers disagree it is `judgement`,
+    since a disagreement between careful readers is what a judgement call is.
+    """
     path = Path(path)
     verdicts: dict[tuple[str, str], str] = {}
+    readers: list[tuple[str, str]] = []
     with path.open(newline='', encoding='utf-8') as handle:
         reader = csv.DictReader(handle)
         missing = [
@@ -228,22 +242,45 @@ def load_adjudication(path: str | Path) -> dict[tuple[str, str], str]:
         for line, row in enumerate(reader, start=2):
             if row['finding'] not in FINDINGS:
                 raise ValueError(f'{path} line {line}: unknown finding {row["finding"]!r}')
-            if row['category'] not in VERDICTS:
-                raise ValueError(
-                    f'{path} line {line}: category must be one of {VERDICTS}, not {row["category"]!r}'
-                )
+            said = [row['category'], row.get('reader_1') or '', row.get('reader_2') or '']
+            for value in said:
+                if value and value not in VERDICTS:
+                    raise ValueError(
+                        f'{path} line {line}: a verdict must be one of {VERDICTS}, not {value!r}'
+                    )
+            if not said[0]:
+                raise ValueError(f'{path} line {line}: the category is empty')
             key = (row['accession'], row['finding'])
             if key in verdicts:
                 raise ValueError(f'{path} line {line}: {key} is adjudicated twice')
-            verdicts[key] = row['category']
-    return verdicts
+            verdicts[key] = said[0]
+            if said[1] and said[2]:
+                readers.append((said[1], said[2]))
+                merged = said[1] if said[1] == said[2] else 'judgement'
+                if said[0] != merged:
+                    raise ValueError(
+                        f'{path} line {line}: readers said {said[1]!r} and {said[2]!r}, so the '
+                        f'category must be {merged!r}, not {said[0]!r}'
+                    )
+    return Adjudication(verdicts, readers)
+
+
+def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float:
+    """Agreement between two readers beyond what their category frequencies give by chance."""
+    if not pairs:
+        raise ValueError('no rows were read by both readers')
+    n = len(pairs)
+    observed = sum(a == b for a, b in pairs) / n
+    first, second = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    expected = sum(first[c] * second[c] for c in first) / n**2
+    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
 
 
 def adjudicate(
     gold: Sequence[dict[str, int]],
     pred: Sequence[dict[str, int]],
     accessions: Sequence[str],
-    verdicts: dict[tuple[str, str], str],
+    adjudication: Adjudication,
 ) -> dict:
     """What each kind of disagreement costs, and so how far any rule change can still go.
 
@@ -252,6 +289,7 @@ def adjudicate(
     it says what the text says). Against the adjudicated labels (gold errors flipped): the rules'
     own macro F1. Errors with no verdict are listed, and so are verdicts that are no longer errors.
     """
+    verdicts = adjudication.verdicts
     counts = dict.fromkeys((*VERDICTS, 'unadjudicated'), 0)
     per_finding = {name: dict.fromkeys((*VERDICTS, 'unadjudicated'), 0) for name in FINDINGS}
     unadjudicated, errors = [], set()
@@ -285,6 +323,15 @@ def adjudicate(
         'macro_f1_vs_adjudicated': score(corrected_gold, pred)['macro_f1'],
         'unadjudicated': unadjudicated,
         'no_longer_errors': no_longer,
+        'readers': {
+            'rows_read_by_both': len(adjudication.readers),
+            'agreement': (
+                sum(a == b for a, b in adjudication.readers) / len(adjudication.readers)
+                if adjudication.readers
+                else None
+            ),
+            'cohen_kappa': cohen_kappa(adjudication.readers) if adjudication.readers else None,
+        },
     }
 
 
@@ -301,6 +348,12 @@ def _print_adjudication(result: dict) -> None:
     for name, by_kind in result['per_finding'].items():
         if any(by_kind.values()):
             print(f'  {name}: ' + ', '.join(f'{n} {k}' for k, n in by_kind.items() if n))
+    readers = result['readers']
+    if readers['rows_read_by_both']:
+        print(
+            f'  two readers on {readers["rows_read_by_both"]} rows: agreement '
+            f'{readers["agreement"]:.3f}, Cohen kappa {readers["cohen_kappa"]:.3f}'
+        )
     for accession, name in result['unadjudicated']:
         print(f'  no verdict: {accession} {name}')
     if result['no_longer_errors']:

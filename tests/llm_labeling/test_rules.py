@@ -660,7 +660,9 @@ def test_adjudication_splits_errors_by_verdict():
         ('a2', 'Emphysema'): 'rule_error',
         ('a3', 'Emphysema'): 'judgement',
     }
-    result = rules_cv.adjudicate(gold, pred, ['a0', 'a1', 'a2', 'a3'], verdicts)
+    readers = [('gold_error', 'gold_error'), ('rule_error', 'judgement')]
+    adjudication = rules_cv.Adjudication(verdicts, readers)
+    result = rules_cv.adjudicate(gold, pred, ['a0', 'a1', 'a2', 'a3'], adjudication)
     assert result['errors'] == {
         'gold_error': 1,
         'judgement': 1,
@@ -680,6 +682,20 @@ def test_adjudication_splits_errors_by_verdict():
     }
     for key, f1 in expected.items():
         assert result[key] == pytest.approx(f1 / len(FINDINGS)), key
+    assert result['readers']['agreement'] == 0.5
+
+
+def test_cohen_kappa_matches_scikit_learn():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(0)
+    first = rng.choice(rules_cv.VERDICTS, 60).tolist()
+    second = [a if rng.random() < 0.7 else rng.choice(rules_cv.VERDICTS) for a in first]
+    pairs = list(zip(first, second, strict=True))
+    assert rules_cv.cohen_kappa(pairs) == pytest.approx(cohen_kappa_score(first, second))
+    assert rules_cv.cohen_kappa([('judgement', 'judgement')] * 3) == 1.0
+    with pytest.raises(ValueError, match='no rows were read by both'):
+        rules_cv.cohen_kappa([])
 
 
 def test_load_adjudication_names_the_bad_line(tmp_path):
@@ -690,7 +706,16 @@ def test_load_adjudication_names_the_bad_line(tmp_path):
         'train_2,Emphysema,FP,maybe,unsure\n',
         encoding='utf-8',
     )
-    with pytest.raises(ValueError, match=r"verdicts.csv line 3: category must be one of .*'maybe'"):
+    with pytest.raises(
+        ValueError, match=r"verdicts.csv line 3: a verdict must be one of .*'maybe'"
+    ):
+        rules_cv.load_adjudication(path)
+    path.write_text(
+        'accession,finding,error,category,reader_1,reader_2\n'
+        'train_1,Emphysema,FP,gold_error,gold_error,judgement\n',
+        encoding='utf-8',
+    )
+    with pytest.raises(ValueError, match="line 2: readers said .* must be 'judgement'"):
         rules_cv.load_adjudication(path)
     path.write_text('accession,finding\ntrain_1,Emphysema\n', encoding='utf-8')
     with pytest.raises(ValueError, match=r"lacks the columns \['category'\]"):
@@ -713,9 +738,11 @@ def test_every_dev_error_is_adjudicated(tmp_path):
     result = json.loads(out.read_text())['adjudication']
     assert result['unadjudicated'] == []
     assert result['errors'] == {
-        'gold_error': 82,
-        'judgement': 78,
-        'rule_error': 8,
+        'gold_error': 74,
+        'judgement': 88,
+        'rule_error': 6,
         'unadjudicated': 0,
     }
     assert result['macro_f1_rule_errors_fixed'] < 0.97 < result['macro_f1_ceiling']
+    assert result['readers']['rows_read_by_both'] == 187
+    assert result['readers']['cohen_kappa'] > 0.75
