@@ -52,7 +52,7 @@ _NOT_LUNG = (
 
 # Calcified plaque words, and the non-coronary thoracic arteries the manual labels count.
 _CALC = r'calcifi\w+|calcific|atherom\w+|atheroscleros\w+|atherosclerotic|plaques?'
-# Atherosclerosis alone is not a calcification for the manual labels (1 of 4 dev reports)...
+# Atherosclerosis without a calcification word is positive in 1 of 4 dev reports, so it needs...
 _WALL_CALC = r'calcifi\w+|calcific|atherom\w+|plaques?'
 _ARTERY = (
     r'(?<!abdominal )aort(?:a|ic)(?! valve)|arcus|(?<!abdominal )aortic arch|carotid\w*|subclavian'
@@ -132,7 +132,7 @@ LEXICON: dict[str, FindingPatterns] = {
         triggers=(
             rf'\b(?:{_WALL_CALC})\b(?=[^.;]*\b(?:{_ARTERY})\b)',
             rf'\b(?:{_ARTERY})\b[^.;]*?\b(?P<t>{_WALL_CALC})\b',
-            # ... unless it is placed in the thoracic aorta itself.
+            # ... to be placed in the thoracic aorta itself.
             r'\batheroscler\w*(?: \w+){0,4} (?:in|of|on) the (?:walls? of the )?(?:thoracic |ascending |descending )?'
             r'(?:aorta|aortic arch|arcus aorta)\b(?! valve)',
         ),
@@ -264,7 +264,7 @@ LEXICON: dict[str, FindingPatterns] = {
             rf'\b{typos("fibrotic")}\b',
             r'\bsequela\w*',
             r'\bparenchymal bands?\b',
-            # Annotators mark any pleuroparenchymal change as fibrotic sequela (72 of 75 dev reports).
+            # Pleuroparenchymal changes are fibrotic sequela: 72 of the 75 dev reports with the word are positive.
             r'\bpleuro-?parenchymal\b',
             r'\bscar\w*',
         ),
