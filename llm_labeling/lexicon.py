@@ -51,9 +51,10 @@ _NOT_LUNG = (
 )
 
 # Calcified plaque words, and the non-coronary thoracic arteries the manual labels count.
-_CALC = r'calcifi\w+|calcific|atherom\w+|atheroscleros\w+|atherosclerotic|plaques?'
-# Atherosclerosis without a calcification word is positive in 1 of 4 dev reports, so it needs...
+# Atherosclerosis without a calcification word is positive in 1 of 4 dev reports: it counts for an
+# artery wall only when placed in the thoracic aorta itself (a trigger of its own).
 _WALL_CALC = r'calcifi\w+|calcific|atherom\w+|plaques?'
+_CALC = _WALL_CALC + r'|atheroscleros\w+|atherosclerotic'
 _ARTERY = (
     r'(?<!abdominal )aort(?:a|ic)(?! valve)|arcus|(?<!abdominal )aortic arch|carotid\w*|subclavian'
     r'|brachiocephalic|(?<!anterior )(?:ascending|descending)(?=[^.;]*\baorta\b)|(?<!coronary )(?<!descending )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
@@ -132,7 +133,7 @@ LEXICON: dict[str, FindingPatterns] = {
         triggers=(
             rf'\b(?:{_WALL_CALC})\b(?=[^.;]*\b(?:{_ARTERY})\b)',
             rf'\b(?:{_ARTERY})\b[^.;]*?\b(?P<t>{_WALL_CALC})\b',
-            # ... to be placed in the thoracic aorta itself.
+            # Atherosclerosis placed in the thoracic aorta itself.
             r'\batheroscler\w*(?: \w+){0,4} (?:in|of|on) the (?:walls? of the )?(?:thoracic |ascending |descending )?'
             r'(?:aorta|aortic arch|arcus aorta)\b(?! valve)',
         ),

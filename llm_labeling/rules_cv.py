@@ -57,13 +57,7 @@ def load_manual(path: str | Path, split: str = 'all') -> list[ManualReport]:
     path = Path(path)
     with path.open(newline='', encoding='utf-8') as handle:
         reader = csv.DictReader(handle)
-        missing = [
-            c
-            for c in ('AccessionNo', 'report_text', *FINDINGS)
-            if c not in (reader.fieldnames or ())
-        ]
-        if missing:
-            raise ValueError(f'{path} lacks the columns {missing}')
+        _require_columns(path, reader, ('AccessionNo', 'report_text', *FINDINGS))
         rows = [
             ManualReport(r['AccessionNo'], r['report_text'], {f: int(r[f]) for f in FINDINGS})
             for r in reader
@@ -78,6 +72,12 @@ def load_manual(path: str | Path, split: str = 'all') -> list[ManualReport]:
         seen = {r.text for r in dev}
         heldout = [r for r in heldout if r.text not in seen]
     return heldout
+
+
+def _require_columns(path: Path, reader: csv.DictReader, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(f'{path} lacks the columns {missing}')
 
 
 def binary(value: int) -> int:
@@ -234,11 +234,7 @@ def load_adjudication(path: str | Path) -> Adjudication:
     readers: list[tuple[str, str]] = []
     with path.open(newline='', encoding='utf-8') as handle:
         reader = csv.DictReader(handle)
-        missing = [
-            c for c in ('accession', 'finding', 'category') if c not in (reader.fieldnames or ())
-        ]
-        if missing:
-            raise ValueError(f'{path} lacks the columns {missing}')
+        _require_columns(path, reader, ('accession', 'finding', 'category'))
         for line, row in enumerate(reader, start=2):
             if row['finding'] not in FINDINGS:
                 raise ValueError(f'{path} line {line}: unknown finding {row["finding"]!r}')
@@ -265,12 +261,16 @@ def load_adjudication(path: str | Path) -> Adjudication:
     return Adjudication(verdicts, readers)
 
 
+def _agreement(pairs: Sequence[tuple[str, str]]) -> float:
+    return sum(a == b for a, b in pairs) / len(pairs)
+
+
 def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float:
     """Agreement between two readers beyond what their category frequencies give by chance."""
     if not pairs:
         raise ValueError('no rows were read by both readers')
     n = len(pairs)
-    observed = sum(a == b for a, b in pairs) / n
+    observed = _agreement(pairs)
     first, second = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
     expected = sum(first[c] * second[c] for c in first) / n**2
     return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
@@ -294,8 +294,9 @@ def adjudicate(
     per_finding = {name: dict.fromkeys((*VERDICTS, 'unadjudicated'), 0) for name in FINDINGS}
     unadjudicated, errors = [], set()
     fixed_pred = [{k: binary(v) for k, v in p.items()} for p in pred]
+    # The manual labels with every gold error flipped to what the text says: the rules are scored
+    # against them, and they are the ceiling labeler scored against the manual labels.
     corrected_gold = [dict(g) for g in gold]
-    ceiling = [dict(g) for g in gold]
     for i, accession in enumerate(accessions):
         for name in FINDINGS:
             said = binary(pred[i][name])
@@ -311,7 +312,7 @@ def adjudicate(
                 fixed_pred[i][name] = gold[i][name]
             elif kind == 'gold_error':
                 corrected_gold[i][name] = said
-                ceiling[i][name] = said
+    pairs = adjudication.readers
     seen = set(accessions)
     no_longer = sorted(k for k in verdicts if k[0] in seen and k not in errors)
     return {
@@ -319,18 +320,14 @@ def adjudicate(
         'per_finding': per_finding,
         'macro_f1': score(gold, pred)['macro_f1'],
         'macro_f1_rule_errors_fixed': score(gold, fixed_pred)['macro_f1'],
-        'macro_f1_ceiling': score(gold, ceiling)['macro_f1'],
+        'macro_f1_ceiling': score(gold, corrected_gold)['macro_f1'],
         'macro_f1_vs_adjudicated': score(corrected_gold, pred)['macro_f1'],
         'unadjudicated': unadjudicated,
         'no_longer_errors': no_longer,
         'readers': {
-            'rows_read_by_both': len(adjudication.readers),
-            'agreement': (
-                sum(a == b for a, b in adjudication.readers) / len(adjudication.readers)
-                if adjudication.readers
-                else None
-            ),
-            'cohen_kappa': cohen_kappa(adjudication.readers) if adjudication.readers else None,
+            'rows_read_by_both': len(pairs),
+            'agreement': _agreement(pairs) if pairs else None,
+            'cohen_kappa': cohen_kappa(pairs) if pairs else None,
         },
     }
 
@@ -394,16 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument('--plot', type=Path, help='also write a per-class bar chart (PNG) here')
     args = parser.parse_args(argv)
-    if args.errors and args.split != 'dev':
-        parser.error('--errors is only allowed with --split dev (held-out reports stay unseen)')
-    if args.consistency and args.split != 'dev':
-        parser.error(
-            '--consistency is only allowed with --split dev (held-out reports stay unseen)'
-        )
-    if args.adjudication and args.split != 'dev':
-        parser.error(
-            '--adjudication is only allowed with --split dev (held-out reports stay unseen)'
-        )
+    for flag in ('errors', 'consistency', 'adjudication'):  # each one reads report texts
+        if getattr(args, flag) and args.split != 'dev':
+            parser.error(
+                f'--{flag} is only allowed with --split dev (held-out reports stay unseen)'
+            )
     if args.errors and args.errors not in FINDINGS:
         parser.error(f'--errors must be one of {list(FINDINGS)}, not {args.errors!r}')
     reports = load_manual(args.manual, args.split)
