@@ -127,5 +127,5 @@ def dump_config(cfg: dict, path: str | Path) -> None:
 
 
 def configs_dir() -> Path:
-    """The repository's `configs/` folder (next to the packages in a source checkout)."""
-    return Path(__file__).resolve().parent.parent / 'configs'
+    """The packaged `ctclip/configs/` folder."""
+    return Path(__file__).resolve().parent / 'configs'

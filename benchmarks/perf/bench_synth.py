@@ -25,7 +25,7 @@ def _cpu_seconds() -> float:
 
 
 def run(quick: bool = False) -> list[Row]:
-    from ctclip.synth import generate_cohort
+    from synth import generate_cohort
 
     n = 20 if quick else N_SCANS
     with tempfile.TemporaryDirectory() as tmp:

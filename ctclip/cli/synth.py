@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from pathlib import Path
 
     from ctclip.config import resolve
-    from ctclip.synth import generate_cohort
+    from synth import generate_cohort
 
     flags = {
         f'synth.{k}': getattr(args, k) for k in ('out', 'n', 'seed', 'layout', 'small', 'workers')
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     )
     print(f'synthetic cohort written to {root}')
     if args.gallery:
-        from ctclip.synth.gallery import finding_gallery
+        from synth.gallery import finding_gallery
 
         print(f'gallery: {finding_gallery(root, root / "gallery.png")}')
     return 0

@@ -21,7 +21,7 @@ from ctclip.inference import input_window
 from ctclip.training import checkpoint as ckpt
 from ctclip.training import engine as eng
 from ctclip.training.evaluation import evaluate
-from ctclip.training.logging import RunLogger, plot_curves
+from ctclip.training.run_log import RunLogger, plot_curves
 from ctclip.training.stages import attach_pseudo_labels, build_model
 
 _logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class Trainer:
 
 def final_metrics(output_dir: str | Path) -> dict[str, Any]:
     """The last validation record of a run (for tests and the demo)."""
-    from ctclip.training.logging import read_metrics
+    from ctclip.training.run_log import read_metrics
 
     evals = [
         r for r in read_metrics(Path(output_dir) / 'metrics.jsonl') if 'val/zero_shot_auroc' in r

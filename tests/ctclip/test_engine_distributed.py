@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from ctclip.training import train
-from ctclip.training.logging import read_metrics
+from ctclip.training.run_log import read_metrics
 from tests.ctclip.test_training import config, losses
 from tests.ctclip.training_data import make_cohort
 

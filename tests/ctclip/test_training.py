@@ -17,7 +17,7 @@ from ctclip.config import configs_dir, load_config
 from ctclip.training import train, with_defaults
 from ctclip.training.checkpoint import latest_tag
 from ctclip.training.evaluation import auroc, macro_auroc
-from ctclip.training.logging import read_metrics
+from ctclip.training.run_log import read_metrics
 from ctclip.training.stages import build_model
 from ctclip.training.trainer import Interrupted
 from tests.ctclip.training_data import make_cohort

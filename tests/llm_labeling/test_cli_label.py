@@ -118,7 +118,7 @@ def test_shipped_configs_resolve(name):
     from ctclip.config import load_config
     from llm_labeling.settings import resolve_settings
 
-    path = Path(__file__).resolve().parents[2] / 'configs' / 'label' / f'{name}.yaml'
+    path = Path(__file__).resolve().parents[2] / 'ctclip' / 'configs' / 'label' / f'{name}.yaml'
     settings = resolve_settings({**load_config(path), 'reports': 'r.csv', 'out_dir': 'o'})
     assert settings['backend'] in ('rules', 'openai', 'llamacpp')
 

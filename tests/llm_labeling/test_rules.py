@@ -510,8 +510,8 @@ def test_bad_text_names_report(labeler):
 
 def test_synthetic_report_sentences(labeler):
     """Every sentence `ctclip synth` writes for a finding reads back as that finding only."""
-    from ctclip.synth import reports
-    from ctclip.synth.findings import Finding
+    from synth import reports
+    from synth.findings import Finding
 
     desc = dict(
         count=2,

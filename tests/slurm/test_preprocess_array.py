@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slurm
 
 @pytest.fixture(scope='module')
 def cohort(tmp_path_factory) -> Path:
-    from ctclip.synth import generate_cohort
+    from synth import generate_cohort
 
     root = tmp_path_factory.mktemp('cohort')
     return generate_cohort(root, n=5, seed=3, small=True, workers=2, progress=False)

@@ -67,7 +67,7 @@ def two_runs(slurm_cluster, tmp_path_factory):
 
     def train_args(out: Path) -> list[str]:
         return [
-            '--config', str(ROOT / 'configs' / 'train' / 'stage2-evidence-small.yaml'),
+            '--config', str(ROOT / 'ctclip' / 'configs' / 'train' / 'stage2-evidence-small.yaml'),
             f'data.cache={data["cache"]}', f'data.labels={data["labels"]}', f'data.reports={data["reports"]}',
             f'data.evidence={data["evidence"]}', f'train.output_dir={out}', f'train.steps={STEPS}',
             'model.name=resnet3d-tiny-tinybert', 'train.pseudo_labels=false', 'data.batch_size=2',

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ctclip.synth.findings import Finding
+from synth.findings import Finding
 
 NOT_GIVEN = 'Not given.'
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctclip.synth.anatomy import Anatomy, aorta_path, hilum
-from ctclip.synth.lungs import SIDES, PlacementMap, Segment
+from synth.anatomy import Anatomy, aorta_path, hilum
+from synth.lungs import SIDES, PlacementMap, Segment
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ctclip.synth.anatomy import (
+from synth.anatomy import (
     HU,
     Anatomy,
     AnatomyPainter,
@@ -20,9 +20,9 @@ from ctclip.synth.anatomy import (
     effusion_level,
     heart_geometry,
 )
-from ctclip.synth.findings import Finding
-from ctclip.synth.geometry import Canvas, Grid, segment_distance
-from ctclip.synth.lungs import Segment, paint_tree
+from synth.findings import Finding
+from synth.geometry import Canvas, Grid, segment_distance
+from synth.lungs import Segment, paint_tree
 
 # Coronary courses as directions in the heart's own frame (z, y, x), from origin to distal.
 CORONARIES = {
@@ -291,7 +291,7 @@ class FindingPainter:
         self.anatomy.carve(rec)
 
     def material(self, f: Finding, rec: np.ndarray) -> None:
-        from ctclip.synth.devices import paint_device
+        from synth.devices import paint_device
 
         paint_device(self.cv, self.scene.anat, f.parts[0], rec)
         self.anatomy.carve(rec)

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctclip.synth import radchestct
-from ctclip.synth.anatomy import Anatomy, heart_geometry, sample_anatomy
-from ctclip.synth.findings import Finding, FindingSampler
-from ctclip.synth.geometry import Grid
-from ctclip.synth.layouts import SCANNERS
-from ctclip.synth.lungs import PlacementMap, grow_tree
-from ctclip.synth.prevalence import sample_presence
-from ctclip.synth.render import Scene, render
-from ctclip.synth.reports import INCIDENTAL, write_report
+from synth import radchestct
+from synth.anatomy import Anatomy, heart_geometry, sample_anatomy
+from synth.findings import Finding, FindingSampler
+from synth.geometry import Grid
+from synth.layouts import SCANNERS
+from synth.lungs import PlacementMap, grow_tree
+from synth.prevalence import sample_presence
+from synth.render import Scene, render
+from synth.reports import INCIDENTAL, write_report
 from llm_labeling.schema import FINDINGS
 
 # Findings that do not resolve between a scan and its follow-up.

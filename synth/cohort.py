@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ctclip.synth import layouts, radchestct
-from ctclip.synth.scan import (
+from synth import layouts, radchestct
+from synth.scan import (
     ScanPlan,
     ScanTask,
     plan_scan,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctclip.synth.anatomy import HU
-from ctclip.synth.geometry import Grid
-from ctclip.synth.scan import ScanTask, plan_scan, render_recon
+from synth.anatomy import HU
+from synth.geometry import Grid
+from synth.scan import ScanTask, plan_scan, render_recon
 from llm_labeling.schema import FINDINGS
 
 DEMO_VOXEL_MM3 = 3.0 * 3.0 * 6.0  # the demo's `small` recipe
@@ -91,7 +91,7 @@ def test_metal_and_calcium_are_bright_and_thick(rendered):
 
 
 def test_truth_boxes_contain_the_lesions(plan, rendered):
-    from ctclip.synth.cohort import truth_line
+    from synth.cohort import truth_line
 
     _, masks, _, _ = rendered
     line = truth_line(plan, 0, 'train_1_a_1.nii.gz', masks)

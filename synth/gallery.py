@@ -19,7 +19,7 @@ def _load_volume(root: Path, truth: dict) -> np.ndarray:
     if name.endswith('.nii.gz'):
         import nibabel as nib
 
-        from ctclip.synth.layouts import ctrate_paths
+        from synth.layouts import ctrate_paths
 
         return np.asarray(nib.load(ctrate_paths(root, name)[1]).dataobj).transpose(2, 1, 0)
     return np.load(root / 'radchestct' / 'volumes' / f'{name}.npz')['ct']

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ctclip.synth import layouts
+from synth import layouts
 from llm_labeling.schema import FINDINGS
 
 RAW_COLUMNS = (

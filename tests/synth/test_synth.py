@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ctclip.synth import generate_cohort, layouts, plan_cohort
+from synth import generate_cohort, layouts, plan_cohort
 from llm_labeling.schema import FINDINGS
 
 N_SCANS = 7
@@ -281,9 +281,9 @@ def test_cli_synth(tmp_path, capsys):
 
 
 def test_report_rules_hold_for_many_finding_combinations():
-    from ctclip.synth.findings import FindingSampler
-    from ctclip.synth.reports import INCIDENTAL, write_report
-    from ctclip.synth.scan import ScanTask, plan_scan
+    from synth.findings import FindingSampler
+    from synth.reports import INCIDENTAL, write_report
+    from synth.scan import ScanTask, plan_scan
 
     plan = plan_scan(
         ScanTask(seed=1, patient_no=0, scan_no=0, split='train', pid=1, n_recons=1, small=True)
@@ -304,13 +304,13 @@ def test_report_rules_hold_for_many_finding_combinations():
 
 
 def _placement(plan):
-    from ctclip.synth.lungs import PlacementMap
+    from synth.lungs import PlacementMap
 
     return PlacementMap(plan.anat)
 
 
 def test_rad_chestct_layout(tmp_path):
-    from ctclip.synth import radchestct
+    from synth import radchestct
 
     root = generate_cohort(
         tmp_path / 'rad', n=3, seed=2, layout='rad-chestct', small=True, progress=False
@@ -343,7 +343,7 @@ def test_rad_chestct_layout(tmp_path):
 
 
 def test_rad_chestct_columns_match_the_real_tables(shared_data):
-    from ctclip.synth import radchestct
+    from synth import radchestct
 
     with shared_data('radchestct', 'imgtest.csv').open(encoding='utf-8') as f:
         assert tuple(next(csv.reader(f))) == ('NoteAcc_DEID', *radchestct.RAW_COLUMNS)
@@ -357,8 +357,8 @@ def test_ctrate_metadata_columns_match_the_real_table(shared_data):
 
 
 def test_written_v2_array_is_the_rendered_lps_volume(cohort):
-    from ctclip.synth.cohort import plan_cohort as plan_tasks
-    from ctclip.synth.scan import plan_scan, render_recon
+    from synth.cohort import plan_cohort as plan_tasks
+    from synth.scan import plan_scan, render_recon
 
     task = plan_tasks(N_SCANS, SEED, small=True)[0]
     plan = plan_scan(task)
@@ -381,7 +381,7 @@ def test_written_v2_array_is_the_rendered_lps_volume(cohort):
 
 
 def test_follow_up_scans_keep_chronic_findings():
-    from ctclip.synth.scan import CHRONIC, plan_scan
+    from synth.scan import CHRONIC, plan_scan
 
     by_patient: dict[int, list] = {}
     for t in plan_cohort(24, seed=0, small=True):
@@ -398,7 +398,7 @@ def test_follow_up_scans_keep_chronic_findings():
 
 def test_split_is_stratified_by_finding():
     """Each finding's positive patients split about 80/20, so no class rests on one patient."""
-    from ctclip.synth.scan import scan_presence
+    from synth.scan import scan_presence
 
     for seed in (0, 1, 2):
         tasks = plan_cohort(200, seed=seed)
@@ -414,14 +414,14 @@ def test_split_is_stratified_by_finding():
 
 
 def test_presence_known_before_planning_matches_the_plan():
-    from ctclip.synth.scan import plan_scan, scan_presence
+    from synth.scan import plan_scan, scan_presence
 
     for t in plan_cohort(12, seed=5, small=True):
         assert set(plan_scan(t).findings) == scan_presence(5, t.patient_no, t.scan_no)
 
 
 def test_pleural_effusion_has_its_reported_depth_at_the_dome():
-    from ctclip.synth.scan import plan_scan, render_recon
+    from synth.scan import plan_scan, render_recon
 
     for task in plan_cohort(6, seed=4, small=True)[:3]:
         plan = plan_scan(task, present={'Pleural effusion'})
@@ -442,7 +442,7 @@ def test_pleural_effusion_has_its_reported_depth_at_the_dome():
 
 
 def test_emphysema_extent_follows_the_reported_severity():
-    from ctclip.synth.scan import plan_scan
+    from synth.scan import plan_scan
 
     holes: dict[tuple[str, str], list[int]] = {}
     for task in plan_cohort(60, seed=6, small=True):

@@ -6,7 +6,7 @@ import pytest
 from preprocessing import run
 from preprocessing.cache import open_cache
 
-synth = pytest.importorskip('ctclip.synth', reason='ctclip.synth is not importable')
+synth = pytest.importorskip('synth', reason='synth is not importable')
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctclip.synth.anatomy import Anatomy
-from ctclip.synth.geometry import Canvas
+from synth.anatomy import Anatomy
+from synth.geometry import Canvas
 
 METAL = 3000.0
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctclip.synth.geometry import Canvas
+from synth.geometry import Canvas
 
 # HU of the tissues, in one place (tests check the rendered volumes against these).
 HU = {

@@ -6,6 +6,6 @@ calls it. See docs/synthetic-cohort.md for the layout, the conventions and the t
 
 from __future__ import annotations
 
-from ctclip.synth.cohort import LAYOUTS, generate_cohort, plan_cohort
+from synth.cohort import LAYOUTS, generate_cohort, plan_cohort
 
 __all__ = ['LAYOUTS', 'generate_cohort', 'plan_cohort']

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ctclip.synth.anatomy import Anatomy, AnatomyPainter, effusion_level, hilum
-from ctclip.synth.geometry import Canvas, Grid
+from synth.anatomy import Anatomy, AnatomyPainter, effusion_level, hilum
+from synth.geometry import Canvas, Grid
 
 MAP_SPACING = 4.0
 SIDES = {-1: 'right', 1: 'left'}
