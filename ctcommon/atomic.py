@@ -61,9 +61,7 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(
-    path: str | Path, verify: Callable[[Path], Any] | None = None
-) -> Iterator[Path]:
+def atomic_path(path: str | Path, verify: Callable[[Path], Any] | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit, `verify(tmp)` and rename it to `path`.
 
     The caller writes and closes the file inside the block, so write and close errors (a full

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from llm_labeling.schema import FINDINGS
 from synth import layouts, radchestct
 from synth.scan import (
     ScanPlan,
@@ -24,7 +25,6 @@ from synth.scan import (
     scan_presence,
     stream,
 )
-from llm_labeling.schema import FINDINGS
 
 _logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from synth import layouts
 from llm_labeling.schema import FINDINGS
+from synth import layouts
 
 RAW_COLUMNS = (
     'air_trapping',

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llm_labeling.schema import FINDINGS
 from synth import radchestct
 from synth.anatomy import Anatomy, heart_geometry, sample_anatomy
 from synth.findings import Finding, FindingSampler
@@ -20,7 +21,6 @@ from synth.lungs import PlacementMap, grow_tree
 from synth.prevalence import sample_presence
 from synth.render import Scene, render
 from synth.reports import INCIDENTAL, write_report
-from llm_labeling.schema import FINDINGS
 
 # Findings that do not resolve between a scan and its follow-up.
 CHRONIC = frozenset(

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from synth import generate_cohort, layouts, plan_cohort
 from llm_labeling.schema import FINDINGS
+from synth import generate_cohort, layouts, plan_cohort
 
 N_SCANS = 7
 SEED = 3

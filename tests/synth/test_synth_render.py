@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llm_labeling.schema import FINDINGS
 from synth.anatomy import HU
 from synth.geometry import Grid
 from synth.scan import ScanTask, plan_scan, render_recon
-from llm_labeling.schema import FINDINGS
 
 DEMO_VOXEL_MM3 = 3.0 * 3.0 * 6.0  # the demo's `small` recipe
 
