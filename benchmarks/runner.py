@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import ctrate, prompts, radchestct
-from benchmarks.embeddings import EmbeddingStore, model_fingerprint
+from benchmarks.embeddings import (
+    EmbeddingStore,
+    embedding_fingerprint,
+    model_fingerprint,
+    volume_keys,
+)
 from benchmarks.files import match_ids, retrieval_files, score_files
 from benchmarks.report import write_report
 from benchmarks.scoring import ScoringOptions, score, score_retrieval
@@ -106,12 +111,72 @@ def _eval_crop(cfg: dict, cache) -> tuple[int, int, int]:
     return tuple(int(v) for v in (crop() if callable(crop) else crop))
 
 
+class _NamedReads:
+    """A cache whose read errors name the volume and the file (h5py names neither)."""
+
+    def __init__(self, cache):
+        self._cache = cache
+
+    def __getattr__(self, name: str):
+        return getattr(self._cache, name)
+
+    def __contains__(self, volume_id: object) -> bool:
+        return volume_id in self._cache
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _guard(self, volume_id: str, read, *args):
+        from preprocessing.errors import CacheCorruptError
+
+        try:
+            return read(volume_id, *args)
+        except OSError as error:  # a damaged chunk or object header
+            raise CacheCorruptError(self._cache.path, volume_id, f'cannot read: {error}') from error
+
+    def shape(self, volume_id: str):
+        return self._guard(volume_id, self._cache.shape)
+
+    def attrs(self, volume_id: str):
+        return self._guard(volume_id, self._cache.attrs)
+
+    def read(self, volume_id: str):
+        return self._guard(volume_id, self._cache.read)
+
+    def read_crop(self, volume_id: str, start_zyx, size_zyx):
+        return self._guard(volume_id, self._cache.read_crop, start_zyx, size_zyx)
+
+
+def _open_cache(path: Path):
+    from preprocessing.cache import open_cache
+    from preprocessing.errors import CacheCorruptError
+
+    try:
+        return _NamedReads(open_cache(path))
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # a truncated or non-HDF5 file: h5py does not say which
+        raise CacheCorruptError(path, None, f'cannot open: {error}') from error
+
+
+def embedding_store(cfg: dict, cache, window: object, out: Path) -> EmbeddingStore:
+    """The store keyed on the model's content, the crop and the window (volumes: per chunk)."""
+    fingerprint = embedding_fingerprint(
+        model_fingerprint(cfg['model']), _eval_crop(cfg, cache), window
+    )
+    return EmbeddingStore(out / 'embeddings', fingerprint, int(cfg['embed']['chunk_size']))
+
+
+def _model_window(model, cache) -> object:
+    """The window the model takes: its config's, else the cache recipe's (as inference does)."""
+    recipe = cache.recipe
+    return model.config.get('window') or [list(recipe.window_hu), list(recipe.window_out)]
+
+
 def _embed_images(model, cache, ids: list[str], cfg: dict, out: Path) -> np.ndarray:
     from ctclip import inference
 
-    store = EmbeddingStore(
-        out / 'embeddings', model_fingerprint(cfg['model']), int(cfg['embed']['chunk_size'])
-    )
+    store = embedding_store(cfg, cache, _model_window(model, cache), out)
     batch, crop = int(cfg['embed']['batch_size']), _eval_crop(cfg, cache)
     return store.compute(
         ids,
@@ -119,6 +184,7 @@ def _embed_images(model, cache, ids: list[str], cfg: dict, out: Path) -> np.ndar
             model, cache, chunk, batch_size=batch, crop_zyx=crop, progress=False
         ),
         'embedding volumes',
+        keys=lambda chunk: volume_keys(cache, chunk),
     )
 
 
@@ -175,11 +241,10 @@ def _ctrate_retrieval(
 def _run_model(cfg: dict, labels: Table, cache_path: Path, drop: set[str]):
     """Load the model and cache, embed the selected volumes and score them zero-shot."""
     from ctclip import inference
-    from preprocessing.cache import open_cache
 
     out = Path(cfg['out'])
     out.mkdir(parents=True, exist_ok=True)
-    cache = open_cache(cache_path)
+    cache = _open_cache(cache_path)
     ids = _select_ids(labels, cache.ids(), cfg, drop)
     _logger.info('benchmarking %d volumes from %s', len(ids), cache_path)
     model_dir = require(cfg, 'model', '--model DIR (an exported model folder)')

@@ -38,7 +38,7 @@ def check_keys(mapping: Mapping, valid: Iterable[str], section: str = '') -> Non
         if key not in valid:
             near = closest(key, valid)
             where = f"section '{section}'" if section else 'the top level'
-            hint = f"; did you mean '{_dotted(section, near)}'?" if near else ''
+            hint = f"; did you mean '{_dotted(section, near)}'?" if near else '.'
             raise UnknownSettingError(
                 f"Unknown setting '{_dotted(section, key)}' in {where}{hint} "
                 f'Valid keys: {", ".join(sorted(valid))}'
@@ -53,6 +53,12 @@ def _dataclass_type(hint: Any) -> type | None:
         if dataclasses.is_dataclass(arg) and isinstance(arg, type):
             return arg
     return None
+
+
+def _only_section(hint: Any) -> bool:
+    """Whether a field's type is a dataclass alone (`Sub` or `Sub | None`), with no other form."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return dataclasses.is_dataclass(hint) or (len(args) == 1 and dataclasses.is_dataclass(args[0]))
 
 
 def from_mapping(cls: type[T], data: Mapping | None, section: str = '') -> T:
@@ -76,6 +82,16 @@ def from_mapping(cls: type[T], data: Mapping | None, section: str = '') -> T:
         sub = _dataclass_type(hints.get(key))
         if sub is not None and (isinstance(value, Mapping) or value is None and sub is hints[key]):
             kwargs[key] = from_mapping(sub, value, _dotted(section, key))
+        elif (
+            sub is not None
+            and _only_section(hints[key])
+            and not isinstance(value, (sub, type(None)))
+        ):
+            # a section given a plain value (`retry=3`) must not reach the dataclass unchecked
+            raise TypeError(
+                f"'{_dotted(section, key)}' must be a mapping, not {type(value).__name__} "
+                f'({value!r})'
+            )
         else:
             kwargs[key] = value
     return cls(**kwargs)
@@ -90,3 +106,24 @@ def to_mapping(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_mapping(v) for v in obj]
     return obj
+
+
+@dataclasses.dataclass
+class FailureBudget:
+    """How many failed items a run may have and still exit 0 (the `failures` section of a verb).
+
+    The default is none: a run with any failed volume or report exits non-zero, so a job chain
+    never goes on with a silently thinner cohort. Raise `max_fraction` to accept a known share of
+    bad inputs (they are still listed in the failures report).
+    """
+
+    max_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        value = self.max_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f'failures.max_fraction must be a number in [0, 1], not {value!r}')
+
+    def exceeded(self, failed: int, total: int) -> bool:
+        """Whether `failed` of `total` items is more than the budget allows."""
+        return failed > self.max_fraction * total

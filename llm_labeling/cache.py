@@ -7,9 +7,11 @@ Failures are never cached, so a rerun retries them. No request settings (API key
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ class ResponseCache:
             self._db.execute('PRAGMA synchronous=NORMAL')
             self._db.execute(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            if 'full' in str(e):  # 'database or disk is full': a full disk, not a bad file
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) from e
             raise ValueError(
                 f'Response cache {str(self.path)!r} is not a usable SQLite file: {e}'
             ) from e

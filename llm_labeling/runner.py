@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import json
 import logging
+import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +181,9 @@ def _metadata(settings, backend, reports, n_texts, stats, seconds) -> dict:
         'tokens': {'prompt': usage.prompt_tokens, 'completion': usage.completion_tokens},
         'price_usd_per_mtok': settings['price'],
         'cost_usd': cost_usd(settings, usage.prompt_tokens, usage.completion_tokens),
-        'settings': {k: settings[k] for k in ('concurrency', 'max_tokens', 'max_reasks', 'retry')},
+        'settings': {
+            k: settings[k] for k in ('concurrency', 'max_tokens', 'max_reasks', 'retry', 'failures')
+        },
         'seconds': round(seconds, 3),
         'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
     }
@@ -207,16 +212,25 @@ def label_reports(cfg: dict) -> Path:
     started = time.perf_counter()
     try:
         results, stats = asyncio.run(_label_texts(groups, backend, cache, settings))
+    except sqlite3.OperationalError as e:  # SQLite says 'database or disk is full', not ENOSPC
+        if cache is None or 'full' not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cache.path)) from e
     finally:
         if cache is not None:
             cache.close()
     seconds = time.perf_counter() - started
-    _write_outputs(out_dir, reports, results)
     meta = _metadata(settings, backend, reports, len(groups), stats, seconds)
     meta['counts']['failed_reports'] = sum(
         isinstance(results[r.text], LabelingFailed) for r in reports
     )
-    write_json(out_dir / 'labels.meta.json', meta)
+    try:
+        _write_outputs(out_dir, reports, results)
+        write_json(out_dir / 'labels.meta.json', meta)
+    except OSError as e:  # a write error carries no file name: name the output folder
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(out_dir)) from e
     _logger.info(
         'Labelled %d reports (%d distinct texts, %d from cache, %d failed) in %.1f s -> %s',
         len(reports),

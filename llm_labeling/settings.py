@@ -5,46 +5,81 @@ Bad settings fail here, before any request is sent (and before a SLURM job spend
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass, field
 from typing import Any
 
+from ctcommon.mapping import deep_merge
+from ctcommon.settings import FailureBudget, from_mapping, to_mapping
 from llm_labeling.backends import BACKENDS
 from llm_labeling.backends.llm import MODES
 from llm_labeling.io import FORMATS
 from llm_labeling.prompts import PROMPT_STYLES
 
-DEFAULTS: dict[str, Any] = {
-    'reports': None,  # CSV or JSONL
-    'out_dir': None,
-    'input': {'format': 'auto', 'id_column': None, 'text_columns': None},
-    'backend': 'rules',
-    'model': None,
-    'base_url': None,
-    'api_key_env': 'OPENAI_API_KEY',  # the NAME of the variable; the key itself is never stored
-    'prompt': 'evidence',  # or 'li': Li et al.'s one line of 18 values
-    'mode': None,  # instructor mode; None means 'tools'
-    'concurrency': 8,
-    'timeout': 120.0,  # seconds per request
-    'max_tokens': 2048,
-    'temperature': 0.0,
-    'max_reasks': 2,  # instructor re-asks on invalid output, within one attempt
-    'retry': {'max_retries': 4, 'initial_delay': 1.0, 'max_delay': 60.0},
-    'cache': {'enabled': True, 'path': None},  # None: <out_dir>/response_cache.sqlite
-    'price': {'input_per_mtok': 0.0, 'output_per_mtok': 0.0},  # USD per million tokens
-    'llamacpp': {'model_path': None, 'n_ctx': 4096, 'n_threads': None, 'chat_format': 'gemma'},
-    'progress': True,
-}
+
+@dataclass
+class InputCfg:
+    format: str = 'auto'
+    id_column: str | None = None
+    text_columns: list[str] | str | None = None
 
 
-def _merge(base: dict, update: dict) -> dict:
-    """Deep merge (llm_labeling may not import ctclip, so not ctclip.config.merge)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+@dataclass
+class RetryCfg:
+    max_retries: int = 4
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+
+@dataclass
+class CacheCfg:
+    enabled: bool = True
+    path: str | None = None  # None: <out_dir>/response_cache.sqlite
+
+
+@dataclass
+class PriceCfg:
+    """USD per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+@dataclass
+class LlamaCppCfg:
+    model_path: str | None = None
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    chat_format: str = 'gemma'
+    seed: int = 0
+
+
+@dataclass
+class LabelSettings:
+    """Every setting of a labeling run; an unknown key at any level fails before any request."""
+
+    reports: str | None = None  # CSV or JSONL
+    out_dir: str | None = None
+    input: InputCfg = field(default_factory=InputCfg)
+    backend: str = 'rules'
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = 'OPENAI_API_KEY'  # the NAME of the variable; the key itself is never stored
+    prompt: str = 'evidence'  # or 'li': Li et al.'s one line of 18 values
+    mode: str | None = None  # instructor mode; None means 'tools'
+    concurrency: int = 8
+    timeout: float = 120.0  # seconds per request
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    max_reasks: int = 2  # instructor re-asks on invalid output, within one attempt
+    retry: RetryCfg = field(default_factory=RetryCfg)
+    cache: CacheCfg = field(default_factory=CacheCfg)
+    price: PriceCfg = field(default_factory=PriceCfg)
+    llamacpp: LlamaCppCfg = field(default_factory=LlamaCppCfg)
+    failures: FailureBudget = field(default_factory=FailureBudget)
+    progress: bool = True
+
+
+DEFAULTS: dict[str, Any] = to_mapping(LabelSettings())
 
 
 def _choice(cfg: dict, key: str, choices: tuple) -> None:
@@ -60,11 +95,12 @@ def _positive(value: Any, name: str, minimum: float = 0, integer: bool = False) 
 
 
 def resolve_settings(cfg: dict) -> dict:
-    """`cfg` merged over DEFAULTS and checked; raises ValueError naming the bad key."""
-    out = _merge(DEFAULTS, cfg or {})
-    unknown = sorted(set(out) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f'Unknown label setting(s) {unknown}; valid: {", ".join(DEFAULTS)}')
+    """`cfg` merged over DEFAULTS and checked; raises ValueError naming the bad key.
+
+    The keys go through the `LabelSettings` dataclasses, so a misspelt one at any level
+    (`retry.max_retris`) raises `UnknownSettingError` naming its section and the closest name.
+    """
+    out = to_mapping(from_mapping(LabelSettings, deep_merge(DEFAULTS, cfg or {})))
     for key in ('reports', 'out_dir'):
         if not out[key]:
             raise ValueError(f'{key} is required (--{key.replace("_", "-")})')
@@ -87,6 +123,11 @@ def resolve_settings(cfg: dict) -> dict:
     for key in ('input_per_mtok', 'output_per_mtok'):
         _positive(out['price'][key], f'price.{key}')
     return out
+
+
+def failure_budget_exceeded(settings: dict, failed: int, total: int) -> bool:
+    """Whether `failed` of `total` reports is more than `failures.max_fraction` allows."""
+    return FailureBudget(**settings['failures']).exceeded(failed, total)
 
 
 def cost_usd(settings: dict, prompt_tokens: int, completion_tokens: int) -> float:

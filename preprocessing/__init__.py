@@ -20,8 +20,8 @@ def run(cfg: dict[str, Any]) -> Summary:
     return _run(cfg)
 
 
-def open_cache(path: Any) -> Any:
-    """Open a cache for reading; see `preprocessing.cache.VolumeCache`."""
+def open_cache(path: Any, verify: bool = False) -> Any:
+    """Open a cache for reading (`verify`: check checksums); see `preprocessing.cache.VolumeCache`."""
     from preprocessing.cache import open_cache as _open
 
-    return _open(path)
+    return _open(path, verify=verify)

@@ -7,13 +7,14 @@ tells a user what is wrong with a file without opening it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import SimpleITK as sitk
 
 from preprocessing.errors import PreprocessError
 from preprocessing.itk_buffer import writable_array
+from preprocessing.readers import MAX_VOXELS
 from preprocessing.recipes import AIR_HU
 
 # Scanner padding (-2048, -3024, -8192, ...) lies below any real tissue or air value.
@@ -31,10 +32,25 @@ class CheckLimits:
     air_percentile_max_hu: float = -500.0
     high_percentile_max_hu: float = 4000.0
     min_range_hu: float = 200.0
+    # 2**31 voxels: 4x a 1024 x 1024 x 512 scan; a forged header must not reach the allocator.
+    max_voxels: int = MAX_VOXELS
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f'checks.{f.name} must be a number, not {value!r}')
+        if self.max_voxels <= 0:
+            raise ValueError(f'checks.max_voxels must be positive, not {self.max_voxels!r}')
 
 
 def check_geometry(image: sitk.Image, limits: CheckLimits) -> None:
     size = image.GetSize()  # (x, y, z)
+    voxels = math.prod(size)
+    if voxels > limits.max_voxels:
+        raise PreprocessError(
+            'check', f'{voxels} voxels ({size}) exceed checks.max_voxels={limits.max_voxels}'
+        )
     if size[2] < limits.min_slices:
         raise PreprocessError(
             'check', f'too few slices: {size[2]} (need at least {limits.min_slices})'

@@ -75,7 +75,10 @@ def read_int16_nifti(path: Path, nib_image) -> sitk.Image | None:
         return None
     info = sitk.ImageFileReader()
     info.SetFileName(str(path))
-    info.ReadImageInformation()
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:  # `sitk.ReadImage` in the caller reports it in its own words
+        return None
     if info.GetDimension() != 3 and not (info.GetDimension() == 4 and info.GetSize()[3] == 1):
         return None
     image = sitk.Image(shape[:3], sitk.sitkInt16)

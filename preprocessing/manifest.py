@@ -10,9 +10,11 @@ import csv
 import logging
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ctcommon.atomic import atomic_open
 from preprocessing.ctrate import GEOMETRY_COLUMNS, read_metadata, split_volume_name
 from preprocessing.readers import is_nifti
 
@@ -111,15 +113,66 @@ def _nifti_id(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def _dicom_rows(folder: Path, root: Path) -> list[dict[str, Any]]:
-    from preprocessing.readers import dicom_series
+    from preprocessing.readers import dicom_series, unplaced_dicom_files
 
     series = dicom_series(folder)
     rel = os.path.relpath(folder, root)
     base = root.name if rel == '.' else rel.replace(os.sep, '__')
+    if not series and unplaced_dicom_files(folder, series):  # only broken slices: fail, not vanish
+        return [_row(base, folder, 'dicom')]
     rows = []
-    for uid in sorted(series):
+    for uid in sorted(series):  # an empty SeriesInstanceUID is keyed EMPTY_SERIES_UID
         vid = base if len(series) == 1 else f'{base}__{uid}'
         rows.append(_row(vid, folder, 'dicom', series_uid=uid))
+    return rows
+
+
+def _path_id(path: Path, root: Path, keep_suffix: bool) -> str:
+    """The path relative to the input folder, `/` -> `__`, with or without its extension."""
+    rel = Path(os.path.relpath(path, root)) if path != root else Path(path.name)
+    name = rel.name
+    if not keep_suffix:
+        for suffix in ('.nii.gz', '.nii', '.npz'):
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+    return '__'.join((*rel.parent.parts, name))
+
+
+def _rename(row: dict[str, Any], vid: str) -> None:
+    for key in ('patient_id', 'scan_id'):
+        if row.get(key) == row['volume_id']:
+            row[key] = vid
+    row['volume_id'] = vid
+
+
+def disambiguate_ids(rows: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """Give files whose ids collide (`s0001/ct.nii.gz`, `s0002/ct.nii.gz`) distinct, stable ids.
+
+    Rule (docs/architecture.md, "Volume ids"): every row of a colliding id takes its path relative
+    to the input folder with `/` -> `__` and the extension dropped (`s0001__ct`); rows still
+    colliding keep the extension (`s0001__ct.nii.gz`); any left after that get `~2`, `~3`, ... in
+    path order. Rows that did not collide keep their id, and the same folder always gives the
+    same ids, so resuming works.
+    """
+    steps = (
+        lambda r: _path_id(Path(r['path']), root, keep_suffix=False),
+        lambda r: _path_id(Path(r['path']), root, keep_suffix=True),
+    )
+    for step in steps:
+        counts = Counter(r['volume_id'] for r in rows)
+        clashing = [r for r in rows if counts[r['volume_id']] > 1]
+        if not clashing:
+            return rows
+        for row in clashing:
+            if row['format'] == 'dicom':
+                continue  # a series id is already its folder's relative path
+            _rename(row, step(row))
+    seen: Counter = Counter()
+    for row in sorted(rows, key=lambda r: (r['path'], r.get('series_uid', ''))):
+        seen[row['volume_id']] += 1
+        if seen[row['volume_id']] > 1:
+            _rename(row, f'{row["volume_id"]}~{seen[row["volume_id"]]}')
     return rows
 
 
@@ -143,7 +196,10 @@ def from_folder(folder: str | Path) -> list[dict[str, Any]]:
                 maybe_dicom = True
         if maybe_dicom:
             rows.extend(_dicom_rows(here, folder))
-    return rows
+    clashes = len(rows) - len({r['volume_id'] for r in rows})
+    if clashes:
+        _logger.info('%d file names repeat: their ids come from their relative paths', clashes)
+    return disambiguate_ids(rows, folder)
 
 
 def build_manifest(
@@ -152,7 +208,11 @@ def build_manifest(
     prefer: str = 'v2',
     drop_no_chest: bool = True,
 ) -> list[dict[str, Any]]:
-    """Rows from a manifest CSV, a CT-RATE tree, or any folder of volumes, checked for duplicates."""
+    """Rows from a manifest CSV, a CT-RATE tree, or any folder of volumes.
+
+    Folder layouts never repeat an id (`disambiguate_ids`); a manifest CSV may, and
+    `split_duplicates` turns the repeats into listed failures.
+    """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f'Input {str(source)!r} does not exist')
@@ -166,7 +226,6 @@ def build_manifest(
         rows = [_row(_nifti_id(source)[0], source, 'nifti' if is_nifti(source) else 'npz')]
     if metadata and not (source.is_dir() and _ctrate_root(source) is not None):
         rows = attach_metadata(rows, read_metadata(list(metadata)))
-    check_unique(rows)
     for row in rows:  # absolute paths: resume checks and source_path must not depend on the cwd
         row['path'] = str(Path(row['path']).absolute())
     return rows
@@ -188,13 +247,33 @@ def attach_metadata(
     return out
 
 
-def check_unique(rows: list[dict[str, Any]]) -> None:
+def split_duplicates(
+    rows: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The first row of each volume id, and a failure record for every later repeat.
+
+    A repeated id in a user's manifest is that row's problem, not the run's: the first row is
+    processed, the others are listed in the failures report (and fail the exit status).
+    """
     seen: dict[str, str] = {}
+    unique, failures = [], []
     for row in rows:
         vid = row['volume_id']
         if vid in seen:
-            raise ValueError(f'Volume id {vid!r} appears twice: {seen[vid]!r} and {row["path"]!r}')
-        seen[vid] = row['path']
+            reason = f'volume id {vid!r} appears twice in the manifest (first row: {seen[vid]})'
+            failures.append(
+                {
+                    'volume_id': vid,
+                    'path': str(row['path']),
+                    'stage': 'manifest',
+                    'reason': reason,
+                    'status': 'failed',
+                }
+            )
+        else:
+            seen[vid] = str(row['path'])
+            unique.append(row)
+    return unique, failures
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -229,11 +308,9 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
 def write_manifest(rows: list[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     columns = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with tmp.open('w', newline='', encoding='utf-8') as f:
+    with atomic_open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, '') for c in columns})
-    os.replace(tmp, path)
     return path

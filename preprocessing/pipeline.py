@@ -22,7 +22,14 @@ from preprocessing.ctrate import (
 from preprocessing.errors import PreprocessError
 from preprocessing.grid import resample_to_grid, to_int16_array
 from preprocessing.qc import volume_stats
-from preprocessing.readers import guess_format, read_dicom_series, read_nifti, read_npz, read_volume
+from preprocessing.readers import (
+    MAX_VOXELS,
+    guess_format,
+    read_dicom_series,
+    read_nifti,
+    read_npz,
+    read_volume,
+)
 from preprocessing.recipes import Recipe
 
 _logger = logging.getLogger(__name__)
@@ -48,12 +55,14 @@ def _has_ctrate_metadata(row: dict[str, Any]) -> bool:
     return any(str(row.get(c, '')).strip() for c in GEOMETRY_COLUMNS)
 
 
-def load_hu(row: dict[str, Any], radchest_spacing: float | None = None) -> tuple[sitk.Image, str]:
+def load_hu(
+    row: dict[str, Any], radchest_spacing: float | None = None, max_voxels: int = MAX_VOXELS
+) -> tuple[sitk.Image, str]:
     """Read a row's file and calibrate it to HU in LPS world; returns (image, file_version)."""
     path = Path(row['path'])
     fmt = row.get('format') or guess_format(path)
     if fmt in ('ct-rate', 'nifti'):
-        image = read_nifti(path)
+        image = read_nifti(path, max_voxels)
         if fmt == 'ct-rate' or _has_ctrate_metadata(row):
             version = detect_version(image, path)
             if version == 'v1':
@@ -90,11 +99,16 @@ def process_row(
 def _grid_entry(
     row: dict[str, Any], recipe: Recipe, limits: CheckLimits, radchest_spacing: float | None
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    image, version = load_hu(row, radchest_spacing)
+    image, version = load_hu(row, radchest_spacing, limits.max_voxels)
     check_geometry(image, limits)
     check_intensity(image, limits)
     original_shape = tuple(int(s) for s in image.GetSize()[::-1])
     original_spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
+    # The source grid in LPS world, so maps can go back onto it (preprocessing.inverse).
+    source_geometry = {
+        'source_origin_xyz': tuple(float(v) for v in image.GetOrigin()),
+        'source_direction': tuple(float(v) for v in image.GetDirection()),
+    }
     image = padding_to_air(image)
     try:
         resampled = resample_to_grid(image, recipe)
@@ -111,6 +125,7 @@ def _grid_entry(
         'recipe_hash': recipe.hash,
         'file_version': version,
         'origin_xyz': tuple(float(v) for v in resampled.GetOrigin()),
+        **source_geometry,
         'qc_stats': json.dumps(volume_stats(array)),
     }
     attrs.update({k: str(row.get(k) or '') for k in _ROW_ATTRS})

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ctcommon.atomic import atomic_path, write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -93,10 +94,11 @@ def _plot(
         fontsize=9,
     )
     fig.tight_layout()
-    tmp = f'{path}.tmp{os.getpid()}.png'
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format='png')
+    finally:
+        plt.close(fig)
 
 
 def write_qc(cache_path: str | Path, json_path: str, png_path: str, samples: int = 8) -> bool:
@@ -129,9 +131,7 @@ def write_qc(cache_path: str | Path, json_path: str, png_path: str, samples: int
             'sampled_for_png': picked,
             'per_volume': per_volume,
         }
-        tmp = f'{json_path}.tmp{os.getpid()}'
-        Path(tmp).write_text(json.dumps(report, indent=1) + '\n', encoding='utf-8')
-        os.replace(tmp, json_path)
+        write_text(json_path, json.dumps(report, indent=1) + '\n')
         if not picked or samples <= 0:
             return False
         volumes = [(vid, cache.read(vid).array) for vid in dict.fromkeys(picked)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import zlib
 from pathlib import Path
 
@@ -24,6 +25,15 @@ RADCHEST_SPACING_MM = 0.8
 _TAG_POSITION = '0020|0032'
 _TAG_ORIENTATION = '0020|0037'
 _TAG_PIXEL_SPACING = '0028|0030'
+# The series key (and manifest `series_uid`) of slices whose SeriesInstanceUID is empty or missing;
+# real UIDs hold only digits and dots, so it never clashes with one.
+EMPTY_SERIES_UID = 'no-series-uid'
+# Deflate cannot compress better than about 1032:1, so a .gz file of N bytes decodes to at most
+# about 1032 * N bytes: a header declaring more is corrupt or forged, whatever the stream says.
+GZIP_MAX_RATIO = 1032
+MAX_VOXELS = 1024 * 1024 * 2048
+_GZIP_MAGIC = b'\x1f\x8b'
+_PIXEL_DATA_TAG = b'\xe0\x7f\x10\x00'
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -49,12 +59,22 @@ def _squeeze_to_3d(image: sitk.Image, path: Path) -> sitk.Image:
     return image
 
 
-def read_nifti(path: str | Path) -> sitk.Image:
-    """A NIfTI file as stored (scl_slope/scl_inter applied, geometry from the header)."""
+def read_nifti(path: str | Path, max_voxels: int = MAX_VOXELS) -> sitk.Image:
+    """A NIfTI file as stored (scl_slope/scl_inter applied, geometry from the header).
+
+    The header's declared size is checked against the file before anything is allocated, so a
+    small file with a forged header costs no memory.
+    """
     path = Path(path)
     _check_file(path)
+    gzipped = path.name.lower().endswith('.gz')
+    if not gzipped and _starts_with(path, _GZIP_MAGIC):
+        raise PreprocessError(
+            'read', f'{str(path)!r} is named .nii but holds gzip data: rename it to .nii.gz'
+        )
     nib_image = _nifti_image(path)
-    if path.name.lower().endswith('.gz'):
+    _check_declared_size(path, nib_image, max_voxels)
+    if gzipped:
         _check_gzip(path, nib_image)
     else:
         expected = _expected_nifti_bytes(nib_image)
@@ -63,6 +83,7 @@ def read_nifti(path: str | Path) -> sitk.Image:
                 'read',
                 f'{str(path)!r} is truncated: {path.stat().st_size} bytes, header needs {expected}',
             )
+    _check_affine(path, nib_image)
     _check_spacing(path)
     _check_finite(nib_image, path)
     if nib_image is not None:
@@ -74,10 +95,71 @@ def read_nifti(path: str | Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        if 'orthonormal' in str(exc):
+            raise PreprocessError('read', _SHEARED.format(path=str(path), detail='')) from exc
         raise PreprocessError(
             'read', f'{str(path)!r} is not a readable NIfTI image: {_first_line(exc)}'
         ) from exc
     return _squeeze_to_3d(image, path)
+
+
+_SHEARED = (
+    '{path!r} has a sheared or non-orthogonal affine{detail}; a CT grid must have orthogonal axes '
+    '(resample it onto one first)'
+)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open('rb') as f:
+        return f.read(len(magic)) == magic
+
+
+def _check_declared_size(path: Path, nib_image, max_voxels: int) -> None:
+    """Refuse a header whose dimensions the file cannot hold, before allocating them."""
+    if nib_image is None:
+        return
+    shape = tuple(int(s) for s in nib_image.header.get_data_shape())
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > max_voxels:
+        raise PreprocessError(
+            'check',
+            f'{str(path)!r} declares {voxels} voxels {shape}, above checks.max_voxels={max_voxels}',
+        )
+    if path.name.lower().endswith('.gz'):
+        expected = _expected_nifti_bytes(nib_image) or 0
+        size = path.stat().st_size
+        if expected > GZIP_MAX_RATIO * size + 4096:
+            raise PreprocessError(
+                'read',
+                f'{str(path)!r} declares {shape} voxels ({expected} bytes) but a gzip file of '
+                f'{size} bytes holds at most {GZIP_MAX_RATIO * size} bytes: a corrupt header',
+            )
+
+
+def _check_affine(path: Path, nib_image) -> None:
+    """ITK refuses sheared affines with a multi-line error; say what is wrong in one line."""
+    if nib_image is None:
+        return
+    header = nib_image.header
+    if int(header['sform_code']) > 0:
+        matrix = np.asarray(header.get_sform())[:3, :3]
+    elif int(header['qform_code']) > 0:
+        return  # a quaternion is orthogonal by construction
+    else:
+        return
+    norms = np.linalg.norm(matrix, axis=0)
+    if not np.all(norms > 0):
+        return  # zero spacing: `_check_spacing` words it
+    unit = matrix / norms
+    gram = unit.T @ unit
+    if not np.allclose(gram, np.eye(3), atol=1e-4):
+        off = float(np.max(np.abs(gram - np.eye(3))))
+        if int(header['qform_code']) > 0:
+            _logger.warning('%s: sheared sform ignored, using the qform', path)
+            return
+        raise PreprocessError(
+            'read', _SHEARED.format(path=str(path), detail=f' (axis cosines off by {off:.3f})')
+        )
 
 
 def _nifti_image(path: Path):  # -> nibabel image | None
@@ -148,19 +230,33 @@ def _check_gzip(path: Path, nib_image) -> None:
         trailer_size = int.from_bytes(f.read(4), 'little')
     expected = _expected_nifti_bytes(nib_image)
     if expected is not None and trailer_size != expected % 2**32:
-        verify_gzip_stream(path)
+        length = verify_gzip_stream(path, stop_after=expected)
+        if length < expected:
+            raise PreprocessError(
+                'read',
+                f'{str(path)!r} is truncated: its gzip stream holds {length} bytes, '
+                f'the header needs {expected}',
+            )
 
 
-def verify_gzip_stream(path: str | Path) -> None:
-    """Decode a whole .gz once to prove it is complete."""
+def verify_gzip_stream(path: str | Path, stop_after: int | None = None) -> int:
+    """Decode a .gz in bounded blocks to prove it is complete; returns the decoded length.
+
+    With `stop_after`, decoding stops once that many bytes have come out (the rest cannot make
+    the stream too short), so memory and time stay bounded whatever the header declares.
+    """
+    length = 0
     try:
         with _gzip_open(path) as f:
-            while f.read(1 << 24):
-                pass
+            while block := f.read(1 << 22):
+                length += len(block)
+                if stop_after is not None and length >= stop_after:
+                    break
     except (EOFError, OSError, zlib.error) as exc:
         raise PreprocessError(
             'read', f'{str(path)!r} is a truncated or corrupt gzip file: {exc}'
         ) from exc
+    return length
 
 
 def _gzip_open(path: str | Path):
@@ -253,12 +349,80 @@ def sort_slices(files: list[str], gap_tolerance: float = 0.25) -> tuple[list[str
 
 
 def dicom_series(folder: str | Path) -> dict[str, list[str]]:
-    """Series instance UID -> file names, for one folder (not recursive)."""
+    """Series instance UID -> file names, for one folder (not recursive).
+
+    Slices with an empty or missing SeriesInstanceUID form one series of their own, keyed
+    `EMPTY_SERIES_UID`.
+    """
     folder = str(folder)
     out = {}
     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder):
-        out[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+        out[uid.strip() or EMPTY_SERIES_UID] = files
     return out
+
+
+def unplaced_dicom_files(folder: str | Path, series: dict[str, list[str]]) -> list[Path]:
+    """Files with a DICOM preamble that GDCM left out of every series: broken slices.
+
+    GDCM silently skips a slice it cannot parse (a truncated first or last slice just vanishes),
+    so a series is only trusted when every DICOM file of its folder was placed in some series.
+    """
+    placed = {os.path.realpath(f) for files in series.values() for f in files}
+    out = []
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file() or path.name.startswith('.'):
+            continue
+        if os.path.realpath(path) in placed:
+            continue
+        with path.open('rb') as f:
+            head = f.read(132)
+        if head[128:132] == b'DICM':
+            out.append(path)
+    return out
+
+
+def _encapsulated_reason(path: Path, data: bytes, at: int) -> str:
+    """Walk the items of compressed (encapsulated) pixel data to the one the file cuts short."""
+    size = len(data)
+    while at + 8 <= size:
+        tag, length = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], 'little')
+        if tag == b'\xfe\xff\xdd\xe0':  # sequence delimiter: the pixel data is whole
+            break
+        if tag != b'\xfe\xff\x00\xe0':
+            return f'{str(path)!r}: corrupt DICOM slice (bad item in the compressed pixel data)'
+        if at + 8 + length > size:
+            return (
+                f'{str(path)!r}: truncated DICOM slice (compressed pixel data fragment '
+                f'{size - at - 8} bytes, expected {length})'
+            )
+        at += 8 + length
+    else:
+        return (
+            f'{str(path)!r}: truncated DICOM slice (compressed pixel data ends without delimiter)'
+        )
+    return f'{str(path)!r}: unreadable DICOM slice ({size} bytes; a corrupt header)'
+
+
+def broken_dicom_reason(path: Path) -> str:
+    """What is wrong with a DICOM file that GDCM could not read, in one line."""
+    with path.open('rb') as f:
+        data = f.read(1 << 26)
+    size = len(data)
+    at = data.find(_PIXEL_DATA_TAG, 132)
+    if at >= 0 and at + 12 <= size:
+        if data[at + 4 : at + 6] in (b'OW', b'OB'):  # explicit VR: 2 reserved bytes, 4-byte length
+            length, start = int.from_bytes(data[at + 8 : at + 12], 'little'), at + 12
+        else:
+            length, start = int.from_bytes(data[at + 4 : at + 8], 'little'), at + 8
+        if length == 0xFFFFFFFF:
+            return _encapsulated_reason(path, data, start)
+        if size - start < length:
+            return (
+                f'{str(path)!r}: truncated DICOM slice (pixel data {size - start} bytes, '
+                f'expected {length})'
+            )
+    return f'{str(path)!r}: unreadable DICOM slice ({size} bytes; a truncated or corrupt header)'
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image:
@@ -267,6 +431,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
     if not folder.is_dir():
         raise PreprocessError('read', f'DICOM input {str(folder)!r} is not a folder')
     series = dicom_series(folder)
+    broken = unplaced_dicom_files(folder, series)
+    if broken:  # which series it belonged to is unknowable: never cache one with a slice missing
+        more = f' (and {len(broken) - 1} more broken files)' if len(broken) > 1 else ''
+        raise PreprocessError('read', broken_dicom_reason(broken[0]) + more)
     if not series:
         raise PreprocessError('read', f'{str(folder)!r} holds no DICOM series')
     if series_uid is None:
@@ -337,6 +505,12 @@ def read_npz(path: str | Path, spacing_zyx: tuple[float, float, float] | None = 
         raise PreprocessError(
             'read',
             f'{str(path)!r} holds a {array.ndim}D array {array.shape}; expected 3D (z, y, x)',
+        )
+    if not (array.dtype.kind in 'iu' or array.dtype in (np.float32, np.float64)):
+        raise PreprocessError(
+            'read',
+            f"{str(path)!r}: npz array 'ct' must be an integer or float32/64 HU array, "
+            f'not {array.dtype}',
         )
     image = sitk.GetImageFromArray(array)
     spacing = spacing_zyx or radchest_spacing(path)

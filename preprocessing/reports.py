@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from ctcommon.atomic import write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -25,37 +27,39 @@ def report_paths(out: Path) -> dict[str, str]:
     }
 
 
-def _atomic_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
-
-
 def write_failures(paths: dict[str, str], failures: list[dict[str, Any]]) -> None:
     rows = [{k: str(f.get(k, '')) for k in FAILURE_COLUMNS} for f in failures]
-    tmp = Path(paths['failures_csv'] + f'.tmp{os.getpid()}')
-    with tmp.open('w', encoding='utf-8', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=FAILURE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, paths['failures_csv'])
-    _atomic_text(paths['failures_json'], json.dumps(rows, indent=2) + '\n')
+    text = io.StringIO(newline='')
+    writer = csv.DictWriter(text, fieldnames=FAILURE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(paths['failures_csv'], text.getvalue())
+    write_text(paths['failures_json'], json.dumps(rows, indent=2) + '\n')
 
 
 def write_reports(
-    out: Path, summary: dict[str, Any], failures: list[dict], qc_cfg: dict
+    out: Path,
+    summary: dict[str, Any],
+    failures: list[dict],
+    qc_cfg: dict,
+    cache_written: bool = True,
 ) -> dict[str, str]:
-    """Failures, QC and summary files for the cache at `out`; returns their paths."""
+    """Failures, QC and summary files for the cache at `out`; returns their paths.
+
+    The failures report comes first: on a full disk it is the one a user needs. Without a new
+    cache (`cache_written=False`) there is nothing to QC.
+    """
     from preprocessing.qc import write_qc
 
     paths = report_paths(out)
     write_failures(paths, failures)
-    qc_written = write_qc(
+    qc_written = cache_written and write_qc(
         out, paths['qc_json'], paths['qc_png'], samples=int(qc_cfg.get('samples', 8))
     )
+    if not cache_written:
+        paths.pop('qc_json')
     if not qc_written:
         paths.pop('qc_png')
     summary = {**summary, 'reports': paths}
-    _atomic_text(paths['summary'], json.dumps(summary, indent=2) + '\n')
+    write_text(paths['summary'], json.dumps(summary, indent=2) + '\n')
     return paths

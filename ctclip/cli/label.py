@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 HELP = 'label reports (rules or any LLM) and evaluate label files'
 DESCRIPTION = """\
@@ -19,7 +20,9 @@ Label radiology reports with the 18 CT-RATE findings and their evidence.
 
 The API key is read from $OPENAI_API_KEY (or the variable named by api_key_env=...) only.
 Outputs: labels.csv, evidence.jsonl, labels.meta.json, failures.csv, response_cache.sqlite.
-Settings: --config FILE.yaml (see configs/label/) and dotted overrides such as retry.max_retries=6."""
+Settings: --config FILE.yaml or a packaged name (label/rules, label/openai; `ctclip configs list
+label`) and dotted overrides such as retry.max_retries=6.
+Exit status 1 when more reports failed than failures.max_fraction allows (default 0: any)."""
 
 _logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ def _run_label(args: argparse.Namespace, overrides: list[str]) -> int:
     from ctclip.config import resolve
     from llm_labeling.backends import FatalBackendError
     from llm_labeling.runner import label_reports
+    from llm_labeling.settings import failure_budget_exceeded
 
     flags = {
         'reports': args.reports,
@@ -85,11 +89,18 @@ def _run_label(args: argparse.Namespace, overrides: list[str]) -> int:
         f'${meta["cost_usd"]:.4f}'
     )
     print(f'wrote {out}/labels.csv, evidence.jsonl, labels.meta.json, failures.csv')
-    if counts['failed_reports']:
-        print(
-            f'{counts["failed_reports"]} report(s) failed: see {out}/failures.csv; rerun to retry them'
-        )
-    return 0
+    failed, total = counts['failed_reports'], counts['reports']
+    if not failed:
+        return 0
+    budget = meta['settings']['failures']['max_fraction']
+    within = not failure_budget_exceeded(meta['settings'], failed, total)
+    print(
+        f'ctclip label: {failed} of {total} report(s) failed '
+        f'({"within" if within else "over"} the budget failures.max_fraction={budget}): '
+        f'see {out}/failures.csv; rerun to retry them',
+        file=sys.stderr,
+    )
+    return 0 if within else 1
 
 
 def _run_eval(args: argparse.Namespace) -> int:

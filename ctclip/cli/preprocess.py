@@ -16,6 +16,7 @@ Preprocess a cohort into a training-ready HDF5 cache (int16 HU, canonical LPS, r
   ctclip preprocess --input DIR|manifest.csv --out cache.h5 [--recipe li2025|ctclip|merlin|small]
                     [--metadata metadata.csv ...] [--workers N] [--shard i/n] [--strict] [--limit N]
   ctclip preprocess merge --out merged.h5 [SHARD.h5 ...]
+  ctclip preprocess verify CACHE.h5        (checks every volume against its checksum)
 
 A killed run resumes where it stopped when rerun with the same arguments. With --shard i/n
 (0-based) a job-array task writes <out>.shardIIII-of-NNNN.h5; `merge` then exposes all shards as
@@ -39,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--workers', type=int, help='worker processes (default 1)')
     parser.add_argument('--shard', help="process slice i of n of the manifest, as 'i/n' (0-based)")
     parser.add_argument(
-        '--strict', action='store_true', default=None, help='exit 1 if any volume failed'
+        '--strict',
+        action='store_true',
+        default=None,
+        help='failures.max_fraction=0 (the default): exit 1 if any volume failed',
     )
     parser.add_argument('--limit', type=int, help='only the first N volumes of the manifest')
     parser.add_argument(
@@ -56,22 +60,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge = sub.add_parser('merge', help='expose shard caches as one cache (no copying)')
     merge.add_argument('--out', dest='merge_out', required=True, help='merged cache file to write')
     merge.add_argument('shards', nargs='*', help='shard caches (default: <out>.shard*-of-*.h5)')
+    verify = sub.add_parser('verify', help='check every volume of a cache against its checksum')
+    verify.add_argument('cache', help='cache file (.h5), single or merged')
+    verify.add_argument('--no-progress', dest='verify_no_progress', action='store_true')
 
 
 def _defaults() -> dict:
-    from ctclip.config import configs_dir, load_config
+    from ctclip.config import load_config
 
-    default = configs_dir() / 'preprocess' / 'default.yaml'
-    return load_config(default) if default.is_file() else {}
+    return load_config('preprocess/default')
 
 
 def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from preprocessing.cache import merge_caches
-    from preprocessing.runner import find_shards
+    from preprocessing.runner import check_output, find_shards
 
     out = Path(args.merge_out)
+    try:
+        check_output(out)
+    except ValueError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     shards = [Path(s) for s in args.shards] or find_shards(out)
     if not shards:
         print(
@@ -84,6 +95,22 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """One line per bad volume, naming it; exit 1 if any (or the file itself) is bad."""
+    from preprocessing.cache import open_cache, verify_cache
+
+    try:
+        count = len(open_cache(args.cache))
+        bad = verify_cache(args.cache, progress=not (args.verify_no_progress or args.no_progress))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    for volume_id, reason in bad:
+        print(f'{args.cache}: volume {volume_id!r}: {reason}', file=sys.stderr)
+    print(f'{args.cache}: {count - len(bad)} of {count} volumes verified, {len(bad)} bad')
+    return 1 if bad else 0
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.list_recipes:
         from preprocessing.recipes import RECIPES
@@ -93,6 +120,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         return 0
     if args.action == 'merge':
         return _merge(args)
+    if args.action == 'verify':
+        return _verify(args)
     from ctclip.config import resolve
     from preprocessing import run as run_preprocess
 
@@ -104,7 +133,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         'prefer_version': args.prefer_version,
         'workers': args.workers,
         'shard': args.shard,
-        'strict': args.strict,
+        'failures.max_fraction': 0.0 if args.strict else None,
         'limit': args.limit,
         'radchest_spacing': args.radchest_spacing,
         'keep_parts': args.keep_parts,
@@ -116,7 +145,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # a dead worker: the run is resumable
+    except (RuntimeError, OSError) as exc:  # a dead worker, a full disk: the run is resumable
         print(f'error: {exc}', file=sys.stderr)
         return 1
     counts = {k: getattr(summary, k) for k in ('total', 'ok', 'skipped', 'failed', 'seconds')}
@@ -126,6 +155,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             f'  failed {failure["volume_id"]} [{failure["stage"]}] {failure["reason"]}',
             file=sys.stderr,
         )
-    if summary.failed:
-        print(f'failures report: {summary.reports.get("failures_csv")}', file=sys.stderr)
+    if summary.error:
+        print(f'error: {summary.error}', file=sys.stderr)
+    if summary.failed and summary.reports.get('failures_csv'):
+        print(f'failures report: {summary.reports["failures_csv"]}', file=sys.stderr)
     return summary.exit_code

@@ -22,9 +22,16 @@ _logger = logging.getLogger(__name__)
 
 
 def open_volume_cache(path: str) -> Any:
+    """The cache at `path`; an unreadable file (truncated, not HDF5) raises `CacheCorruptError`."""
     from preprocessing.cache import open_cache
+    from preprocessing.errors import CacheCorruptError
 
-    return open_cache(path)
+    try:
+        return open_cache(path)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # h5py names neither the file nor an errno
+        raise CacheCorruptError(path, None, f'cannot open: {error}') from error
 
 
 class CTVolumeDataset(torch.utils.data.Dataset):
@@ -93,10 +100,14 @@ class CTVolumeDataset(torch.utils.data.Dataset):
             array = read_window_crop(
                 self.cache, volume_id, self.shapes[index], self.crop, self.window, rng
             )
-        except (KeyError, OSError) as error:
+        except KeyError as error:
             raise RuntimeError(
                 f'Cannot read volume {volume_id!r} from {self.cache_path}: {error}'
             ) from error
+        except OSError as error:  # a damaged chunk: name the volume, the path and the fault
+            from preprocessing.errors import CacheCorruptError
+
+            raise CacheCorruptError(self.cache_path, volume_id, f'cannot read: {error}') from error
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.augment is not None and rng is not None:
             torch.manual_seed(int(rng.integers(2**31)))

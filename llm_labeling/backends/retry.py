@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import logging
 import random
@@ -106,13 +107,34 @@ def cut_off_at(exc: BaseException) -> str | None:
     return None
 
 
+def _connection_fault(exc: BaseException) -> str | None:
+    """'refused' or 'reset' when the socket error under a client error says so.
+
+    The SDK's aiohttp transport wraps a refused connection in a ConnectTimeout, so without this a
+    server that is not running reads as a slow one.
+    """
+    for e in _chain(exc):
+        if isinstance(e, ConnectionRefusedError) or getattr(e, 'errno', None) == errno.ECONNREFUSED:
+            return f'refused: connection refused ({e.strerror or e}); is the server running?'
+        if isinstance(e, ConnectionResetError):
+            return f'connection reset by the server ({e.strerror or e})'
+    return None
+
+
 def classify(exc: BaseException) -> tuple[bool, str, float | None]:
-    """(retryable, reason, retry_after seconds) for an exception raised by one attempt."""
+    """(retryable, reason, retry_after seconds) for an exception raised by one attempt.
+
+    Reasons start with what happened: `refused`, `timeout`, `HTTP <status>`, `invalid output`,
+    `connection ...`, or the exception's type.
+    """
     import openai
 
     cut = cut_off_at(exc)
     if cut is not None:  # the same request would be cut off again: fail now, say what to change
         return False, f'output cut off at {cut}: raise max_tokens', None
+    fault = _connection_fault(exc)
+    if fault is not None:
+        return True, fault, None
     for e in _chain(exc):
         if isinstance(e, openai.APIStatusError):
             status = e.status_code

@@ -175,3 +175,39 @@ def test_missing_volumes_are_an_error(setup, capsys):
         ]
     )
     assert code == 2 and 'not in the cache' in capsys.readouterr().err
+
+
+def test_rerun_with_other_data_or_crop_recomputes(setup):
+    """Item 3 of issue 16: a rerun into the same --out never reports the old embeddings."""
+    from preprocessing.cache import CacheWriter, open_cache
+
+    root, model_dir = setup
+    out = root / 'rerun'
+    other = root / 'other_cache.h5'
+    source = open_cache(root / 'cache.h5')
+    with CacheWriter(other, source.recipe) as writer:  # the same ids and recipe, other voxels
+        for vid in source.ids():
+            array = source.read_crop(vid, (0, 0, 0), source.shape(vid))
+            writer.write(vid, (array[:, ::-1, :] + 7).astype(np.int16), {})
+
+    def bench(*extra):
+        args = ['bench', 'ct-rate', '--model', str(model_dir), '--labels', str(root / 'labels.csv')]
+        args += ['--out', str(out), '--n-bootstrap', '5', '--no-plots', '--no-retrieval']
+        assert main([*args, *extra, 'embed.chunk_size=4']) == 0
+
+    def parts():
+        return [p.stat().st_mtime_ns for p in sorted((out / 'embeddings').glob('part_*.npy'))]
+
+    def emb():
+        return np.concatenate([np.load(p) for p in sorted((out / 'embeddings').glob('part_*.npy'))])
+
+    bench('--data', str(root / 'cache.h5'))
+    first, first_emb = parts(), emb()
+    bench('--data', str(root / 'cache.h5'))
+    assert parts() == first  # unchanged inputs: reused
+    bench('--data', str(other))
+    assert all(a != b for a, b in zip(parts(), first, strict=True))
+    assert not np.allclose(emb(), first_emb)
+    second = parts()
+    bench('--data', str(other), 'embed.crop_zyx=[8,16,16]')
+    assert all(a != b for a, b in zip(parts(), second, strict=True))

@@ -276,3 +276,105 @@ def test_instructor_modes(tmp_path, mode):
         assert set(request['response_format']['schema']['required']) == set(FIELD_NAMES.values())
     assert meta(out)['instructor_mode'] == mode
     assert read_labels(out / 'labels.csv')['r1'] == ['0'] * len(FINDINGS)
+
+
+def failure_rows(out: Path) -> list[list[str]]:
+    import csv
+
+    with (out / 'failures.csv').open(encoding='utf-8', newline='') as f:
+        return list(csv.reader(f))[1:]
+
+
+def _closed_port_url() -> str:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return f'http://127.0.0.1:{port}/v1'
+
+
+def _label_cli(reports: Path, out: Path, url: str, *extra: str) -> list[str]:
+    args = ['label', '--reports', str(reports), '--out-dir', str(out), '--backend', 'openai']
+    args += ['--model', 'test-model', '--base-url', url, '--no-progress', 'timeout=2']
+    return [*args, 'retry.max_retries=1', 'retry.initial_delay=0.01', *extra]
+
+
+def test_refused_connection_is_refused_not_timeout_and_exits_non_zero(tmp_path, capsys):
+    """Item 9 of issue 16: a server that is not running is named as such, and the run fails."""
+    from ctclip.cli import main
+
+    reports = write_ctrate_csv(tmp_path / 'one.csv', ONE)
+    assert main(_label_cli(reports, tmp_path / 'out', _closed_port_url())) == 1
+    ((report, reason, attempts),) = failure_rows(tmp_path / 'out')
+    assert (report, attempts) == ('r1', '2')
+    assert reason.startswith('refused: connection refused') and 'timeout' not in reason, reason
+    err = capsys.readouterr().err
+    assert (
+        'ctclip label: 1 of 1 report(s) failed (over the budget failures.max_fraction=0.0)' in err
+    )
+
+
+def test_every_failure_reason_says_what_happened(tmp_path):
+    """refused, timeout, HTTP status, invalid output: each reason starts with what happened."""
+    retry = {'max_retries': 1, 'initial_delay': 0.01}
+    faults = {
+        'HTTP 503: ': Reply(status=503, body={'error': {'message': 'overloaded'}}),
+        'timeout: ': Reply(hang=True),
+        'invalid output: ': 'truncated',
+    }
+    reports = write_ctrate_csv(tmp_path / 'one.csv', ONE)
+    cfg = openai_cfg(reports, tmp_path / 'refused', _closed_port_url(), retry=retry)
+    found = {failure_rows(label_reports(cfg))[0][1].split(':')[0] + ': '}
+    for n, (reason, fault) in enumerate(faults.items()):
+        (tmp_path / str(n)).mkdir()
+        out, _ = run_one(
+            tmp_path / str(n), scripted(fault, fault), timeout=0.3, max_reasks=0, retry=retry
+        )
+        ((report, text, attempts),) = failure_rows(out)
+        assert (report, attempts) == ('r1', '2')  # both attempts, then listed
+        found.add(text[: len(reason)])
+    assert found == {'refused: ', *faults}
+
+
+def test_failure_budget_decides_the_exit_status(tmp_path, capsys):
+    from ctclip.cli import main
+
+    reports = write_ctrate_csv(
+        tmp_path / 'r.csv', [*ONE, ('r2', 'Bilateral pleural effusion.', 'Not given.')]
+    )
+    flaky = lambda request, n: (  # noqa: E731
+        Reply(status=503, body=b'down')
+        if 'effusion' in json.dumps(request['messages'])
+        else valid_reply(request, n)
+    )
+    with FakeChatServer(flaky) as server:
+        assert main(_label_cli(reports, tmp_path / 'a', server.url)) == 1
+        assert 'over the budget' in capsys.readouterr().err
+        budget = 'failures.max_fraction=0.5'
+        assert main(_label_cli(reports, tmp_path / 'b', server.url, budget)) == 0
+        assert '1 of 2 report(s) failed (within the budget' in capsys.readouterr().err
+    assert read_labels(tmp_path / 'b' / 'labels.csv')['r1'] == ['0'] * len(FINDINGS)
+
+
+@pytest.mark.parametrize(
+    ('setting', 'closest'),
+    [
+        ('retry.max_retris=6', 'retry.max_retries'),
+        ('price.input_per_mtk=1', 'price.input_per_mtok'),
+    ],
+)
+def test_misspelt_nested_setting_fails_before_any_request(tmp_path, setting, closest):
+    """Item 4 of issue 16 (label): one line naming the key, its section and the closest name."""
+    from ctclip.cli import main
+
+    reports = write_ctrate_csv(tmp_path / 'one.csv', ONE)
+    with FakeChatServer() as server:
+        with pytest.raises(SystemExit) as stop:
+            main(_label_cli(reports, tmp_path / 'out', server.url, setting))
+    section, key = setting.split('=')[0].split('.')
+    message = str(stop.value)
+    assert f"Unknown setting '{section}.{key}' in section '{section}'" in message
+    assert f"did you mean '{closest}'" in message and '\n' not in message
+    assert server.requests == [] and not (tmp_path / 'out').exists()

@@ -5,7 +5,17 @@ import h5py
 import numpy as np
 import pytest
 
-from preprocessing.cache import CacheWriter, merge_caches, open_cache, write_single_volume
+from ctclip.cli import main
+from preprocessing.cache import (
+    FORMAT_VERSION,
+    CacheWriter,
+    array_checksum,
+    merge_caches,
+    open_cache,
+    verify_cache,
+    write_single_volume,
+)
+from preprocessing.errors import CacheCorruptError
 from preprocessing.recipes import get_recipe
 
 RECIPE = get_recipe('small')
@@ -108,6 +118,7 @@ def test_merge_exposes_shards_without_copying(tmp_path):
         np.testing.assert_array_equal(cache.read(f'v{i}').array, _volume(i))
     with h5py.File(merged) as f:  # plain h5py sees the volumes through external links
         np.testing.assert_array_equal(f['volumes/v2'][()], _volume(2))
+    assert verify_cache(merged) == []  # checksums are checked through the links
 
 
 def test_merge_refuses_mixed_recipes_and_duplicates(tmp_path):
@@ -135,3 +146,72 @@ def test_cache_object_works_in_child_processes(cache_path, method):
     proc.join(60)
     assert proc.exitcode == 0 and queue.get(timeout=5) == int(_volume(2).sum())
     assert pickle.loads(pickle.dumps(cache)).ids() == cache.ids()
+
+
+def _flip(path, volume_id, chunk, at, byte=0xFF):
+    """XOR one byte at `at` inside a stored (compressed) chunk; returns the chunk's (offset, size)."""
+    with h5py.File(path) as f:
+        info = f['volumes'][volume_id].id.get_chunk_info(chunk)
+    position = info.byte_offset + (at if at >= 0 else info.size + at)
+    with open(path, 'r+b') as f:
+        f.seek(position)
+        value = f.read(1)[0]
+        f.seek(position)
+        f.write(bytes([value ^ byte]))
+    return info.byte_offset, info.size
+
+
+def test_every_volume_carries_a_checksum_of_its_voxels(cache_path, capsys):
+    with h5py.File(cache_path) as f:
+        assert f.attrs['format_version'] == FORMAT_VERSION == 2
+        stored = f['volumes/vol1.nii.gz'].attrs['checksum']
+    assert stored == array_checksum(_volume(1)) and stored.startswith('blake2b:')
+    assert verify_cache(cache_path) == []
+    assert open_cache(cache_path, verify=True).read('vol1.nii.gz').attrs['checksum'] == stored
+    assert main(['preprocess', 'verify', str(cache_path), '--no-progress']) == 0
+    assert '3 of 3 volumes verified, 0 bad' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('damage', ['undecodable', 'decodes_to_other_voxels'])
+def test_flipped_bytes_in_a_chunk_are_found_and_named(cache_path, capsys, damage):
+    if damage == 'undecodable':
+        _flip(cache_path, 'vol1.nii.gz', 2, 12)  # blosc header: compressed size
+    else:
+        _flip(cache_path, 'vol1.nii.gz', 2, -100, 0x01)  # a voxel byte near the chunk's end
+        data = open_cache(cache_path).read('vol1.nii.gz').array  # it decodes, silently wrong
+        assert not np.array_equal(data, _volume(1))
+    assert main(['preprocess', 'verify', str(cache_path), '--no-progress']) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count('\n') == 1 and "volume 'vol1.nii.gz'" in captured.err
+    assert str(cache_path) in captured.err and '2 of 3 volumes verified, 1 bad' in captured.out
+    cache = open_cache(cache_path, verify=True)
+    np.testing.assert_array_equal(cache.read('vol0.nii.gz').array, _volume(0))
+    with pytest.raises(CacheCorruptError, match="volume 'vol1.nii.gz'") as caught:
+        cache.read('vol1.nii.gz')
+    assert caught.value.volume_id == 'vol1.nii.gz' and caught.value.path == cache_path
+    with pytest.raises(CacheCorruptError, match="cache.h5: volume 'vol1.nii.gz'"):
+        cache.read_crop('vol1.nii.gz', (0, 0, 0), (8, 8, 8))  # a box outside the damaged chunk
+    if damage == 'undecodable':  # even without verify, a read names the volume, not just HDF5
+        with pytest.raises(CacheCorruptError, match="volume 'vol1.nii.gz': unreadable voxels"):
+            open_cache(cache_path).read('vol1.nii.gz')
+
+
+def test_a_cache_without_checksums_does_not_pass_verify(cache_path, capsys):
+    with h5py.File(cache_path, 'r+') as f:  # what format_version 1 wrote
+        f.attrs['format_version'] = 1
+        for vid in f['ids'][()]:
+            del f['volumes'][vid.decode()].attrs['checksum']
+    np.testing.assert_array_equal(open_cache(cache_path).read('vol0.nii.gz').array, _volume(0))
+    assert main(['preprocess', 'verify', str(cache_path), '--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert err.count('no checksum (written before format_version 2)') == 3
+    with pytest.raises(CacheCorruptError, match='no checksum'):
+        open_cache(cache_path, verify=True).read('vol0.nii.gz')
+
+
+def test_truncated_cache_file_is_named(cache_path):
+    data = cache_path.read_bytes()
+    cache_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CacheCorruptError, match='cache.h5: cannot be read as a volume cache') as e:
+        open_cache(cache_path)
+    assert e.value.volume_id is None
