@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from ctclip.model import CTClip
-from llm_labeling.schema import FINDINGS, ZERO_SHOT_TEMPLATES
+from ctclip.prompts import DEFAULT_TEMPLATES, resolve_templates
+from llm_labeling.schema import FINDINGS
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATES = ZERO_SHOT_TEMPLATES['ctclip']
 DEFAULT_RECIPE = 'li2025'
 ENSEMBLES = ('embedding', 'probability')
 
@@ -144,29 +144,6 @@ def embed_texts(model: CTClip, texts: Sequence[str], batch_size: int = 64) -> np
     return np.concatenate(rows)
 
 
-def parse_templates(templates: Any) -> list[tuple[str, str]]:
-    """A pair `(pos, neg)`, a name from ZERO_SHOT_TEMPLATES, or a list of either -> list of pairs."""
-    usage = "templates must be a (positive, negative) pair with '{c}', a name or a list of them"
-    if isinstance(templates, str):
-        if templates not in ZERO_SHOT_TEMPLATES:
-            raise ValueError(
-                f"Unknown template set '{templates}'. Valid: {sorted(ZERO_SHOT_TEMPLATES)}"
-            )
-        return [ZERO_SHOT_TEMPLATES[templates]]
-    if not isinstance(templates, Sequence) or not templates:
-        raise ValueError(f'{usage}, not {templates!r}')
-    is_pair = len(templates) == 2 and all(isinstance(t, str) for t in templates)
-    if is_pair and not all(t in ZERO_SHOT_TEMPLATES for t in templates):
-        missing = [t for t in templates if '{c}' not in t]
-        if missing:
-            raise ValueError(f"{usage}, not {tuple(templates)!r}: {missing} has no '{{c}}'")
-        return [(templates[0], templates[1])]
-    pairs = []
-    for item in templates:
-        pairs.extend(parse_templates(item))
-    return pairs
-
-
 def _class_text_embeddings(model: CTClip, class_names: Sequence[str], template: str) -> np.ndarray:
     return embed_texts(model, [template.replace('{c}', name) for name in class_names])
 
@@ -189,7 +166,8 @@ def zero_shot_scores(
         image_emb: [N, E] L2-normalised image embeddings.
         class_names: fill the templates' `{c}`.
         templates: `('{c} is present.', '{c} is not present.')`, a name from
-            `llm_labeling.schema.ZERO_SHOT_TEMPLATES`, or a list of pairs for an ensemble.
+            `ctclip.prompts.ZERO_SHOT_TEMPLATES`, or a list of either for an ensemble
+            (`ctclip.prompts.resolve_templates`).
         ensemble: with several pairs, average the prompt embeddings (`embedding`) or the
             probabilities (`probability`).
     """
@@ -200,7 +178,7 @@ def zero_shot_scores(
         raise ValueError(
             f'image_emb must be [N, {model.config["embed_dim"]}], not shape {list(image_emb.shape)}'
         )
-    pairs = parse_templates(templates)
+    pairs = resolve_templates(templates)
     scale = _logit_scale(model)
     pos = [_class_text_embeddings(model, class_names, p) for p, _ in pairs]
     neg = [_class_text_embeddings(model, class_names, n) for _, n in pairs]
@@ -256,3 +234,18 @@ def classify_volume(
     emb = _embed_image_batch(model.eval(), [volume])
     scores = zero_shot_scores(model, emb, class_names, templates)[0]
     return {name: float(score) for name, score in zip(class_names, scores, strict=True)}
+
+
+def ground(
+    model: CTClip, volume_or_cache_id: Any, phrases: Sequence[str], cache: Any = None, **kwargs
+):
+    """3D heat maps of `phrases` for one volume, on the source CT's own grid and geometry.
+
+    `volume_or_cache_id` is a cache id (with `cache`), `CACHE.h5::id`, or a NIfTI file / DICOM
+    folder preprocessed with the model's recipe. Returns `ctclip.grounding.GroundingMaps`
+    (`.maps` [P, z, y, x], `.masks(rule, value)`, `.save(dir)` writes NIfTI with the source
+    affine). Details and the threshold rules: `ctclip.grounding`, docs/grounding.md.
+    """
+    from ctclip.grounding import ground as _ground
+
+    return _ground(model, volume_or_cache_id, phrases, cache=cache, **kwargs)

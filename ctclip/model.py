@@ -23,6 +23,7 @@ from torch import nn
 from ctclip.serialization import TOKENIZER_DIR, load_state, read_model_dir, save_model_dir
 from ctclip.towers.image import build_image_tower
 from ctclip.towers.text import TextCfg, TextTower
+from ctcommon.settings import check_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -32,10 +33,7 @@ HEAD_INPUTS = ('projected', 'normalized')
 
 def _dataclass_from_dict(cls, cfg: dict[str, Any] | None, section: str):
     cfg = dict(cfg or {})
-    valid = {f.name for f in fields(cls)}
-    unknown = sorted(set(cfg) - valid)
-    if unknown:
-        raise ValueError(f'{section} keys {unknown} are not valid. Valid: {sorted(valid)}')
+    check_keys(cfg, [f.name for f in fields(cls)], section)
     return cls(**cfg)
 
 
@@ -86,9 +84,7 @@ def _normalize_config(config: dict[str, Any]) -> dict[str, Any]:
         'recipe',
         'window',  # the HU window(s) training used, one per input channel (ctclip.inference)
     }
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f'model config keys {unknown} are not valid. Valid: {sorted(known)}')
+    check_keys(config, known)
     embed_dim = config.get('embed_dim')
     if not isinstance(embed_dim, int) or embed_dim < 1:
         raise ValueError(f'embed_dim must be a positive integer, not {embed_dim!r}')
@@ -185,6 +181,15 @@ class CTClip(nn.Module):
         if self.classifier is not None:
             out['image_logits'] = self._head(projected, features)
         return out
+
+    def encode_image_grid(self, image: torch.Tensor) -> torch.Tensor:
+        """L2-normalised spatial tokens in the joint space as a grid [B, E, d, h, w]: the same
+        tokens as `image_tokens`, placed where they sit in the input (phrase grounding)."""
+        if image.ndim != 5:
+            raise ValueError(f'image must be [B, C, D, H, W], not shape {list(image.shape)}')
+        grid = self.visual.forward_grid(image)
+        tokens = self.image_proj(grid.movedim(1, -1))
+        return F.normalize(tokens, dim=-1).movedim(-1, 1)
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

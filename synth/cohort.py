@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from llm_labeling.schema import FINDINGS
+from ctcommon.atomic import atomic_open, write_json
+from ctcommon.findings import FINDINGS
+from synth import grounding as synth_grounding
 from synth import layouts, radchestct
 from synth.scan import (
     ScanPlan,
@@ -170,6 +172,8 @@ def generate_cohort(
     else:
         radchestct.assemble(out, records, small)
     _write_truth(out, records)
+    if layout == 'ct-rate':
+        synth_grounding.write_dataset(out, records)
     return out
 
 
@@ -186,8 +190,7 @@ def _prepare(out: Path, settings: dict) -> Path:
             )
     parts.mkdir(parents=True, exist_ok=True)
     if not stamp.is_file():
-        with layouts.atomic_path(stamp) as tmp:
-            tmp.write_text(json.dumps(settings), encoding='utf-8')
+        write_json(stamp, settings, newline=False, indent=None)
     return parts
 
 
@@ -197,15 +200,24 @@ def _done(task: ScanTask, out: Path) -> bool:
         return False
     if task.layout == 'rad-chestct':
         return radchestct.volume_path(out, task.rad_id).is_file()
+    if not _grounding_done(task, out):
+        return False
     return all(p.is_file() for name in task.volume_names() for p in layouts.ctrate_paths(out, name))
+
+
+def _grounding_done(task: ScanTask, out: Path) -> bool:
+    """The part lists its volumes' grounding masks (a part from before the masks has no list)."""
+    part = json.loads((out / '.synth' / 'parts' / f'{task.scan_name}.json').read_text('utf-8'))
+    if 'grounding' not in part:
+        return False
+    return all(synth_grounding.mask_path(out, i['name']).is_file() for i in part['grounding'])
 
 
 def _run_job(job: tuple[ScanTask, str]) -> None:
     task, out = job
     record = build_scan(task, Path(out))
     path = Path(out) / '.synth' / 'parts' / f'{task.scan_name}.json'
-    with layouts.atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record), encoding='utf-8')
+    write_json(path, record, newline=False, indent=None)
 
 
 def build_scan(task: ScanTask, out: Path) -> dict:
@@ -220,6 +232,7 @@ def build_scan(task: ScanTask, out: Path) -> dict:
         metadata=[],
         reports=[],
         labels=[],
+        grounding=[],
     )
     present = set(plan.findings)
     for r, name in enumerate(names):
@@ -236,6 +249,14 @@ def build_scan(task: ScanTask, out: Path) -> dict:
                 recon['ipp_xyz'],
                 plan.scanner['intercept'],
             )
+            shown = synth_grounding.grounding_item(
+                name, task.split, masks, plan.sentences, FINDINGS
+            )
+            if shown is not None:
+                synth_grounding.write_masks(
+                    out, name, shown[1], recon['grid'].spacing_zyx, recon['ipp_xyz']
+                )
+                record['grounding'].append(shown[0])
             record['metadata'].append(layouts.metadata_row(name, plan.scanner, recon))
             record['reports'].append({'VolumeName': name, **plan.report})
         else:
@@ -328,7 +349,7 @@ def _assemble_ctrate(out: Path, records: list[dict]) -> None:
 
 
 def _write_truth(out: Path, records: list[dict]) -> None:
-    with layouts.atomic_path(out / 'truth.jsonl') as tmp, tmp.open('w', encoding='utf-8') as f:
+    with atomic_open(out / 'truth.jsonl', 'w') as f:
         for r in records:
             for line in r['truth']:
                 f.write(json.dumps(line) + '\n')

@@ -307,9 +307,14 @@ def hedged(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
 
 
 def write_report(
-    findings: dict[str, Finding], incidental: list[str], slice_mm: float, rng: np.random.Generator
+    findings: dict[str, Finding],
+    incidental: list[str],
+    slice_mm: float,
+    rng: np.random.Generator,
+    sentences_out: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The four CT-RATE text columns for one scan."""
+    """The four CT-RATE text columns for one scan; `sentences_out` receives each present
+    finding's Findings sentence (the grounding truth's text); it draws nothing from `rng`."""
     sentences, impressions = [], []
     if 'Medical material' not in findings and rng.random() < 0.3:
         sentences.append(NEGATIONS['Medical material'][0])
@@ -329,6 +334,8 @@ def write_report(
         if f is not None:
             text, imp = positive(f, rng) if f.certain else hedged(f, rng)
             sentences.append(text)
+            if sentences_out is not None:
+                sentences_out[name] = text
             impressions.append(imp)
         elif name != 'Medical material' and rng.random() < 0.65:
             options = NEGATIONS[name]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llm_labeling.schema import FINDINGS
+from ctcommon.findings import FINDINGS
 from synth import radchestct
 from synth.anatomy import Anatomy, heart_geometry, sample_anatomy
 from synth.findings import Finding, FindingSampler
@@ -86,6 +86,7 @@ class ScanPlan:
     report: dict[str, str]
     scanner: dict
     recons: list[dict] = field(default_factory=list)
+    sentences: dict[str, str] = field(default_factory=dict)  # finding -> its report sentence
 
     @property
     def scene(self) -> Scene:
@@ -127,8 +128,11 @@ def plan_scan(task: ScanTask, present: set[str] | None = None) -> ScanPlan:
         incidental.insert(0, 'hepatosteatosis')
     scanner = _scanner(task, sex, age)
     recons = _recons(task, anat, scanner)
-    report = write_report(findings, incidental, recons[0]['z'], rrng)
-    return ScanPlan(task, sex, age, anat, tree, findings, incidental, report, scanner, recons)
+    sentences: dict[str, str] = {}
+    report = write_report(findings, incidental, recons[0]['z'], rrng, sentences)
+    return ScanPlan(
+        task, sex, age, anat, tree, findings, incidental, report, scanner, recons, sentences
+    )
 
 
 def _patient(seed: int, patient_no: int) -> tuple[np.random.Generator, str, float]:

@@ -6,7 +6,8 @@ Every arm is the demo's own configs plus overrides, so an ablation is data, not 
 - LGDEA: evidence-aligned training with 10% of the pairs plus the rest unpaired, against vanilla
   CLIP on the same 10% of pairs, and against CLIP on all pairs.
 - Each term of the evidence-aligned objective switched off in turn.
-Each run is scored by `ctclip bench ct-rate` (zero-shot macro AUROC on held-out patients).
+Each run is scored by `ctclip bench ct-rate` (zero-shot macro AUROC on held-out patients) and, on
+the synthetic cohort, by `ctclip bench grounding` (pointing game and global Dice on their masks).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from ctclip.app.demo import Demo, _cli
 from ctclip.app.pipeline import Pipeline, Stage, write_json_atomic
-from ctclip.config import configs_dir, load_config
+from ctclip.config import load_config
+from ctcommon.atomic import write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ class Plan:
 def ablation_plan() -> Plan:
     plan = Plan()
     plan.stage1 = {'full': (), 'limited': (LIMITED,)}
-    evidence = 'train/stage2-evidence-small.yaml'
-    clip = 'train/stage2-clip-small.yaml'
+    evidence = 'train/stage2-evidence-small'
+    clip = 'train/stage2-clip-small'
     plan.arms = [
         Arm(
             'supervised+clip',
@@ -137,57 +139,43 @@ class Ablation:
     def _train(
         self, config: str, out: Path, seed: int, epochs: int, extra: tuple[str, ...]
     ) -> Path:
-        labels = self.demo.paths['labels']
-        _cli(
-            [
-                'train',
-                '--config',
-                str(configs_dir() / config),
-                f'data.cache={self.demo.paths["ctrate_cache"]}',
-                f'data.labels={labels / "labels.csv"}',
-                f'data.reports={labels / "reports.csv"}',
-                f'data.evidence={labels / "evidence.jsonl"}',
-                f'train.output_dir={out}',
-                f'train.seed={seed}',
-                f'train.epochs={epochs}',
-                'train.eval_every=0',
-                *extra,
-            ],
-            f'ablation {out.name}',
-        )
+        overrides = {**self.demo.train_overrides(out, seed), 'train.epochs': epochs}
+        overrides['train.eval_every'] = 0
+        _cli(f'ablation {out.name}', 'train', config=config, overrides=overrides, extra=extra)
         return out / 'final'
 
-    def _score(self, model: Path, out: Path) -> float:
+    def _score(self, model: Path, out: Path) -> dict[str, float]:
+        """Zero-shot macro AUROC and grounding (pointing game, global Dice) on held-out patients."""
         gold = self.demo.ctrate('multi_abnormality_labels', 'valid_predicted_labels.csv')
+        data, quick = self.demo.paths['ctrate_cache'], {'bootstrap.n_draws': 0, 'plots': 'false'}
+        stage = f'ablation bench {out.name}'
         _cli(
-            [
-                'bench',
-                'ct-rate',
-                '--model',
-                str(model),
-                '--data',
-                str(self.demo.paths['ctrate_cache']),
-                '--labels',
-                str(gold),
-                '--out',
-                str(out),
-                'bootstrap.n_draws=0',
-                'plots=false',
-            ],
-            f'ablation bench {out.name}',
+            stage, 'bench', 'ct-rate', model=model, data=data, labels=gold, out=out, overrides=quick
         )
         metrics = json.loads((out / 'metrics.json').read_text(encoding='utf-8'))
-        return float(metrics['classification']['macro']['auroc']['value'])
+        scores = {'auroc': float(metrics['classification']['macro']['auroc']['value'])}
+        if self.demo.wants_grounding:
+            dataset, masks = self.demo.held_out_grounding()
+            prior = self.demo.ctrate_root / 'grounding'
+            _cli(
+                f'ablation grounding {out.name}', 'bench', 'grounding', model=model, data=data,
+                dataset=dataset, masks=masks, prior_from=prior / 'dataset.json',
+                prior_masks=prior / 'masks', out=out / 'grounding', n_bootstrap=0,
+            )  # fmt: skip
+            grounding = json.loads((out / 'grounding' / 'metrics.json').read_text('utf-8'))
+            for key in ('pointing_game', 'global_dice'):
+                scores[key] = float(grounding['model']['metrics'][key]['value'])
+        return scores
 
-    def run_seed(self, seed: int) -> dict[str, float]:
+    def run_seed(self, seed: int) -> dict[str, dict[str, float]]:
         """Train and score every arm for one seed (each run resumes or is skipped if finished)."""
         root = self.out / f'seed{seed}'
         inits: dict[str, Path] = {}
         for key, extra in self.plan.stage1.items():
             inits[key] = self._train(
-                'train/stage1-small.yaml', root / f'stage1-{key}', seed, STAGE1_EPOCHS, extra
+                'train/stage1-small', root / f'stage1-{key}', seed, STAGE1_EPOCHS, extra
             )
-        by_training: dict[tuple, float] = {}
+        by_training: dict[tuple, dict[str, float]] = {}
         scores = {}
         for arm in self.plan.arms:
             if arm.training not in by_training:
@@ -222,8 +210,8 @@ class Ablation:
             ),
         ]
         arms = [a.name for a in self.plan.arms]
-        names = {'train/stage1-small.yaml', *(a.stage2 for a in self.plan.arms)}
-        configs = {name: load_config(configs_dir() / name) for name in sorted(names)}
+        names = {'train/stage1-small', *(a.stage2 for a in self.plan.arms)}
+        configs = {name: load_config(name) for name in sorted(names)}
         for seed in self.seeds:
             stages.append(
                 Stage(
@@ -242,55 +230,73 @@ class Ablation:
         return stages
 
 
-def summarise(plan: Plan, per_seed: list[dict[str, float]]) -> list[dict]:
+# metric key in each arm's scores -> the column it heads
+METRICS = {
+    'auroc': 'zero-shot macro AUROC',
+    'pointing_game': 'grounding pointing game',
+    'global_dice': 'grounding global Dice',
+}
+
+
+def summarise(plan: Plan, per_seed: list[dict[str, dict[str, float]]]) -> list[dict]:
+    """Mean, std and per-seed values of every metric of every arm."""
     rows = []
     for arm in plan.arms:
-        values = np.array([s[arm.name] for s in per_seed], dtype=float)
-        rows.append(
-            {
-                'arm': arm.name,
-                'group': arm.group,
-                'note': arm.note,
+        row: dict = {'arm': arm.name, 'group': arm.group, 'note': arm.note, 'metrics': {}}
+        for key in METRICS:
+            if not all(key in s[arm.name] for s in per_seed):
+                continue
+            values = np.array([s[arm.name][key] for s in per_seed], dtype=float)
+            row['metrics'][key] = {
                 'mean': float(values.mean()),
                 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                 'values': values.tolist(),
             }
-        )
+        rows.append(row)
     return rows
 
 
 def render_table(rows: list[dict], seeds: int) -> str:
-    lines = [
-        f'| group | arm | zero-shot macro AUROC (mean ± std, {seeds} seeds) | per seed |',
-        '|---|---|---|---|',
-    ]
+    keys = [k for k in METRICS if rows and k in rows[0]['metrics']]
+    head = ' | '.join(f'{METRICS[k]} (mean ± std, {seeds} seeds)' for k in keys)
+    lines = [f'| group | arm | {head} | AUROC per seed |', '|---|---|' + '---|' * (len(keys) + 1)]
     for r in rows:
-        per = ', '.join(f'{v:.3f}' for v in r['values'])
-        lines.append(f'| {r["group"]} | {r["arm"]} | {r["mean"]:.3f} ± {r["std"]:.3f} | {per} |')
+        cells = ' | '.join(
+            f'{r["metrics"][k]["mean"]:.3f} ± {r["metrics"][k]["std"]:.3f}' for k in keys
+        )
+        per = ', '.join(f'{v:.3f}' for v in r['metrics']['auroc']['values'])
+        lines.append(f'| {r["group"]} | {r["arm"]} | {cells} | {per} |')
     return '\n'.join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """One panel per metric: each arm's mean ± std, with the seeds as dots."""
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    from ctcommon.atomic import atomic_path
+
+    keys = [k for k in METRICS if k in rows[0]['metrics']]
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(5 * len(keys) + 3, 0.45 * len(rows) + 1.2), sharey=True
+    )
+    axes = np.atleast_1d(axes)
     y = np.arange(len(rows))[::-1]
-    ax.barh(y, [r['mean'] for r in rows], xerr=[r['std'] for r in rows], color='#4c72b0', alpha=0.8)
-    for yi, r in zip(y, rows, strict=True):
-        ax.scatter(r['values'], [yi] * len(r['values']), color='k', s=10, zorder=3)
-    ax.set_yticks(y, [f'{r["group"]}: {r["arm"]}' for r in rows])
-    ax.axvline(0.5, color='grey', ls=':', lw=1)
-    lo = min(min(r['values']) for r in rows)
-    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax.set_xlabel('zero-shot macro AUROC (held-out synthetic patients)')
+    for ax, key in zip(axes, keys, strict=True):
+        stats = [r['metrics'][key] for r in rows]
+        ax.barh(y, [m['mean'] for m in stats], xerr=[m['std'] for m in stats], alpha=0.8)
+        for yi, m in zip(y, stats, strict=True):
+            ax.scatter(m['values'], [yi] * len(m['values']), color='k', s=10, zorder=3)
+        if key == 'auroc':
+            ax.axvline(0.5, color='grey', ls=':', lw=1)
+        ax.set_xlabel(f'{METRICS[key]} (held-out synthetic patients)')
+    axes[0].set_yticks(y, [f'{r["group"]}: {r["arm"]}' for r in rows])
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run_ablation(cfg: dict, seeds: int = 3) -> dict:
@@ -304,7 +310,7 @@ def run_ablation(cfg: dict, seeds: int = 3) -> dict:
         ablation.out / 'ablation.json',
         {'rows': rows, 'seeds': ablation.seeds, 'epochs': [STAGE1_EPOCHS, STAGE2_EPOCHS]},
     )
-    (ablation.out / 'ablation.md').write_text(f'# Ablation\n\n{table}\n', encoding='utf-8')
+    write_text(ablation.out / 'ablation.md', f'# Ablation\n\n{table}\n')
     plot(rows, ablation.out / 'ablation.png')
     print(table)
     return {'table': str(ablation.out / 'ablation.md'), 'rows': rows}

@@ -8,12 +8,17 @@ same pipeline is a user's first real run.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
+import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from ctclip.app.pipeline import Pipeline, Stage
-from ctclip.config import configs_dir, load_config
+from ctclip.app.pipeline import Pipeline, Stage, cli_argv
+from ctclip.config import load_config
+from ctcommon.settings import check_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -28,8 +33,8 @@ DEFAULTS: dict = {
     'workers': 2,
     'labeler': {'backend': 'rules', 'model': None, 'base_url': None, 'concurrency': 8},
     'train': {
-        'stage1': 'train/stage1-small.yaml',
-        'stage2': 'train/stage2-evidence-small.yaml',
+        'stage1': 'train/stage1-small',  # packaged config names, or YAML files
+        'stage2': 'train/stage2-evidence-small',
         'stage1_overrides': [],
         'stage2_overrides': [],
     },
@@ -49,10 +54,21 @@ QUICK: dict = {
 VALID_LAYOUTS = ('ct-rate', 'rad-chestct', 'both')
 
 
-def _cli(argv: list[str], stage: str) -> None:
-    """Run one `ctclip` verb in-process; a non-zero exit stops the demo naming the stage."""
+def check_settings(cfg: Mapping, defaults: Mapping = DEFAULTS, section: str = '') -> None:
+    """A misspelt demo key (`labeler.bakend=openai`) fails before any stage runs, naming the
+    closest valid key; the sections are those of `DEFAULTS`."""
+    check_keys(cfg, defaults, section)
+    for key, value in cfg.items():
+        if isinstance(defaults.get(key), Mapping) and isinstance(value, Mapping):
+            check_settings(value, defaults[key], f'{section}.{key}' if section else key)
+
+
+def _cli(stage: str, *words: str, **options: Any) -> None:
+    """Run one `ctclip` verb in-process (`cli_argv` builds the command line a user would type);
+    a non-zero exit stops the demo naming the stage and the command."""
     from ctclip.cli import main
 
+    argv = cli_argv(*words, **options)
     _logger.debug('ctclip %s', ' '.join(argv))
     code = main(argv)
     if code:
@@ -61,10 +77,11 @@ def _cli(argv: list[str], stage: str) -> None:
 
 def concat_csv(sources: list[Path], target: Path) -> Path:
     """Join CSVs with the same header (CT-RATE ships train and validation tables separately)."""
+    from ctcommon.atomic import atomic_open
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix('.tmp')
     header: list[str] | None = None
-    with tmp.open('w', newline='', encoding='utf-8') as out:
+    with atomic_open(target, 'w', newline='') as out:
         writer = None
         for src in sources:
             with src.open(newline='', encoding='utf-8') as f:
@@ -76,7 +93,6 @@ def concat_csv(sources: list[Path], target: Path) -> Path:
                 elif head != header:
                     raise ValueError(f'{src} has columns {head}, not {header} like {sources[0]}')
                 writer.writerows(reader)
-    tmp.replace(target)
     return target
 
 
@@ -84,6 +100,7 @@ class Demo:
     """Builds the stage list from the resolved settings and the output folder layout."""
 
     def __init__(self, cfg: dict):
+        check_settings(cfg)
         if cfg['layout'] not in VALID_LAYOUTS:
             raise ValueError(f'layout must be one of {VALID_LAYOUTS}, not {cfg["layout"]!r}')
         self.cfg = cfg
@@ -98,6 +115,8 @@ class Demo:
             'stage2': self.out / 'train' / 'stage2',
             'bench_ctrate': self.out / 'bench' / 'ct-rate',
             'bench_rad': self.out / 'bench' / 'rad-chestct',
+            'grounding': self.out / 'grounding',
+            'bench_grounding': self.out / 'bench' / 'grounding',
         }
 
     # -- dataset paths of a CT-RATE-layout root ---------------------------------------------------
@@ -110,198 +129,131 @@ class Demo:
 
     # -- stages ------------------------------------------------------------------------------------
     def synth(self, s: dict) -> dict:
-        summary: dict = {}
+        runs = {}  # summary key -> the flags of one `ctclip synth`
         if not self.cfg['data']:
-            _cli(
-                [
-                    'synth',
-                    '--out',
-                    str(self.ctrate_root),
-                    '--n',
-                    str(s['n']),
-                    '--seed',
-                    str(s['seed']),
-                    '--layout',
-                    'ct-rate',
-                    '--small',
-                    '--workers',
-                    str(self.cfg['workers']),
-                ],
-                'synth',
+            runs['ctrate_root'] = dict(
+                out=self.ctrate_root, n=s['n'], seed=s['seed'], layout='ct-rate'
             )
-            summary['ctrate_root'] = str(self.ctrate_root)
         if self.wants_rad:
-            _cli(
-                [
-                    'synth',
-                    '--out',
-                    str(self.rad_root),
-                    '--n',
-                    str(s['n_rad']),
-                    '--seed',
-                    str(s['seed'] + 1),
-                    '--layout',
-                    'rad-chestct',
-                    '--small',
-                    '--workers',
-                    str(self.cfg['workers']),
-                ],
-                'synth',
+            seed = s['seed'] + 1
+            runs['rad_root'] = dict(
+                out=self.rad_root, n=s['n_rad'], seed=seed, layout='rad-chestct'
             )
-            summary['rad_root'] = str(self.rad_root)
-        return summary
+        for flags in runs.values():
+            _cli('synth', 'synth', **flags, small=True, workers=self.cfg['workers'])
+        return {key: str(flags['out']) for key, flags in runs.items()}
 
     def preprocess(self, s: dict) -> dict:
-        _cli(
-            [
-                'preprocess',
-                '--input',
-                str(self.ctrate_root),
-                '--out',
-                str(self.paths['ctrate_cache']),
-                '--recipe',
-                s['recipe'],
-                '--workers',
-                str(s['workers']),
-            ],
-            'preprocess',
-        )
+        inputs = {'ctrate_cache': self.ctrate_root}
         if self.wants_rad:
-            _cli(
-                [
-                    'preprocess',
-                    '--input',
-                    str(self.rad_root / 'radchestct'),
-                    '--out',
-                    str(self.paths['rad_cache']),
-                    '--recipe',
-                    s['recipe'],
-                    '--workers',
-                    str(s['workers']),
-                ],
-                'preprocess',
-            )
+            inputs['rad_cache'] = self.rad_root / 'radchestct'
+        for key, source in inputs.items():
+            out, recipe, workers = self.paths[key], s['recipe'], s['workers']
+            _cli('preprocess', 'preprocess', input=source, out=out, recipe=recipe, workers=workers)
         return {k: str(v) for k, v in self.paths.items() if k.endswith('cache')}
 
     def label(self, s: dict) -> dict:
-        out = self.paths['labels']
-        reports = concat_csv(
-            [
-                self.ctrate('radiology_text_reports', f'{x}_reports.csv')
-                for x in ('train', 'validation')
-            ],
-            out / 'reports.csv',
-        )
-        argv = [
-            'label',
-            '--reports',
-            str(reports),
-            '--out-dir',
-            str(out),
-            '--backend',
-            s['labeler']['backend'],
-            '--concurrency',
-            str(s['labeler']['concurrency']),
-        ]
-        for flag in ('model', 'base_url'):
-            if s['labeler'].get(flag):
-                argv += [f'--{flag.replace("_", "-")}', str(s['labeler'][flag])]
-        _cli(argv, 'label')
+        out, labeler = self.paths['labels'], s['labeler']
+        splits = ('train', 'validation')
+        texts = [self.ctrate('radiology_text_reports', f'{x}_reports.csv') for x in splits]
+        reports = concat_csv(texts, out / 'reports.csv')
+        flags = {'backend': labeler['backend'], 'concurrency': labeler['concurrency']}
+        flags.update({k: labeler.get(k) or None for k in ('model', 'base_url')})  # only when set
+        _cli('label', 'label', reports=reports, out_dir=out, **flags)
         gold_files = [
             self.ctrate('multi_abnormality_labels', f'{x}_predicted_labels.csv')
             for x in ('train', 'valid')
         ]
         if all(p.exists() for p in gold_files):
             gold = concat_csv(gold_files, out / 'gold_labels.csv')
-            _cli(
-                [
-                    'label',
-                    'eval',
-                    '--pred',
-                    str(out / 'labels.csv'),
-                    '--gold',
-                    str(gold),
-                    '--out',
-                    str(out / 'eval'),
-                ],
-                'label',
-            )
+            _cli('label', 'label', 'eval', pred=out / 'labels.csv', gold=gold, out=out / 'eval')
         return {'labels': str(out / 'labels.csv'), 'evidence': str(out / 'evidence.jsonl')}
 
-    def _train(self, s: dict, which: str, extra: list[str]) -> dict:
-        out = self.paths[which]
+    def train_overrides(self, output_dir: Path, seed: int) -> dict[str, Any]:
+        """The dotted settings every training run of the demo (and the ablation) shares."""
         labels = self.paths['labels']
-        argv = [
-            'train',
-            '--config',
-            str(configs_dir() / s['train'][which]),
-            f'data.cache={self.paths["ctrate_cache"]}',
-            f'data.labels={labels / "labels.csv"}',
-            f'data.reports={labels / "reports.csv"}',
-            f'data.evidence={labels / "evidence.jsonl"}',
-            f'train.output_dir={out}',
-            f'train.seed={s["seed"]}',
-            *extra,
-            *s['train'][f'{which}_overrides'],
-        ]
-        _cli(argv, f'train {which}')
+        return {
+            'data.cache': self.paths['ctrate_cache'],
+            'data.labels': labels / 'labels.csv',
+            'data.reports': labels / 'reports.csv',
+            'data.evidence': labels / 'evidence.jsonl',
+            'train.output_dir': output_dir,
+            'train.seed': seed,
+        }
+
+    def _train(self, s: dict, which: str, overrides: dict[str, Any]) -> dict:
+        out = self.paths[which]
+        overrides = {**self.train_overrides(out, s['seed']), **overrides}
+        extra = s['train'][f'{which}_overrides']  # the user's own `key=value` tokens, last
+        _cli(f'train {which}', 'train', config=s['train'][which], overrides=overrides, extra=extra)
         return {'model': str(out / 'final'), 'output_dir': str(out)}
 
     def train_stage1(self, s: dict) -> dict:
-        return self._train(s, 'stage1', [])
+        return self._train(s, 'stage1', {})
 
     def train_stage2(self, s: dict) -> dict:
-        return self._train(s, 'stage2', [f'train.init_from={self.paths["stage1"] / "final"}'])
+        return self._train(s, 'stage2', {'train.init_from': self.paths['stage1'] / 'final'})
+
+    def _bench(self, stage: str, kind: str, s: dict, **flags: Any) -> dict:
+        model, out = self.paths['stage2'] / 'final', self.paths[stage]
+        draws = {'bootstrap.n_draws': s['bench']['bootstrap'], 'bootstrap.seed': s['bench']['seed']}
+        _cli(f'bench {kind}', 'bench', kind, model=model, **flags, out=out, overrides=draws)
+        return {'out': str(out)}
 
     def bench_ctrate(self, s: dict) -> dict:
         gold = self.ctrate('multi_abnormality_labels', 'valid_predicted_labels.csv')
-        _cli(
-            [
-                'bench',
-                'ct-rate',
-                '--model',
-                str(self.paths['stage2'] / 'final'),
-                '--data',
-                str(self.paths['ctrate_cache']),
-                '--labels',
-                str(gold),
-                '--reports',
-                str(self.ctrate('radiology_text_reports', 'validation_reports.csv')),
-                '--out',
-                str(self.paths['bench_ctrate']),
-                f'bootstrap.n_draws={s["bench"]["bootstrap"]}',
-                f'bootstrap.seed={s["bench"]["seed"]}',
-            ],
-            'bench ct-rate',
-        )
-        return {'out': str(self.paths['bench_ctrate'])}
+        reports = self.ctrate('radiology_text_reports', 'validation_reports.csv')
+        data = self.paths['ctrate_cache']
+        return self._bench('bench_ctrate', 'ct-rate', s, data=data, labels=gold, reports=reports)
 
     def bench_rad(self, s: dict) -> dict:
         rad = self.rad_root / 'radchestct'
-        labels = concat_csv(
-            [rad / f'img{x}.csv' for x in ('train', 'valid', 'test')],
-            self.paths['bench_rad'] / 'labels_all.csv',
-        )
+        tables = [rad / f'img{x}.csv' for x in ('train', 'valid', 'test')]
+        labels = concat_csv(tables, self.paths['bench_rad'] / 'labels_all.csv')
+        data, mapping = self.paths['rad_cache'], s['bench']['rad_mapping']
+        return self._bench('bench_rad', 'rad-chestct', s, data=data, labels=labels, mapping=mapping)
+
+    @property
+    def wants_grounding(self) -> bool:
+        """Grounding needs the synthetic cohort's masks (a user's `data=` tree has none)."""
+        return not self.cfg['data']
+
+    @functools.cache  # noqa: B019 (one Demo per run; the ablation scores every arm on it)
+    def held_out_grounding(self) -> tuple[Path, Path]:
+        """The held-out patients' grounding set, `grounding/dataset.json` and `grounding/masks/`
+        of the output folder, cut from the cohort's (which also lists the training patients)."""
+        from benchmarks.grounding.dataset import read_dataset, write_dataset
+        from ctcommon.atomic import atomic_path
+
+        source = self.ctrate_root / 'grounding'
+        target = self.paths['grounding']
+        cases = read_dataset(source / 'dataset.json', ['val'])
+        (target / 'masks').mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            mask = target / 'masks' / case.name
+            with atomic_path(mask) as tmp:
+                shutil.copyfile(source / 'masks' / case.name, tmp)
+        write_dataset(target / 'dataset.json', cases)
+        return target / 'dataset.json', target / 'masks'
+
+    def bench_grounding(self, s: dict) -> dict:
+        dataset, masks = self.held_out_grounding()
+        prior = self.ctrate_root / 'grounding'
         _cli(
-            [
-                'bench',
-                'rad-chestct',
-                '--model',
-                str(self.paths['stage2'] / 'final'),
-                '--data',
-                str(self.paths['rad_cache']),
-                '--labels',
-                str(labels),
-                '--mapping',
-                s['bench']['rad_mapping'],
-                '--out',
-                str(self.paths['bench_rad']),
-                f'bootstrap.n_draws={s["bench"]["bootstrap"]}',
-                f'bootstrap.seed={s["bench"]["seed"]}',
-            ],
-            'bench rad-chestct',
+            'bench grounding',
+            'bench',
+            'grounding',
+            model=self.paths['stage2'] / 'final',
+            data=self.paths['ctrate_cache'],
+            dataset=dataset,
+            masks=masks,
+            prior_from=prior / 'dataset.json',
+            prior_masks=prior / 'masks',
+            out=self.paths['bench_grounding'],
+            n_bootstrap=s['bench']['bootstrap'],
+            seed=s['bench']['seed'],
         )
-        return {'out': str(self.paths['bench_rad'])}
+        return {'out': str(self.paths['bench_grounding']), 'dataset': str(dataset)}
 
     def report(self, s: dict) -> dict:
         from ctclip.app.report import write_demo_report
@@ -313,9 +265,7 @@ class Demo:
         base = {'seed': c['seed'], 'recipe': c['recipe']}
         data = {**base, 'n': c['n'], 'n_rad': c['n_rad'], 'data': c['data'], 'layout': c['layout']}
         # the resolved YAML, not only its path: an edited config must retrain, not resume
-        train_configs = {
-            k: load_config(configs_dir() / c['train'][k]) for k in ('stage1', 'stage2')
-        }
+        train_configs = {k: load_config(c['train'][k]) for k in ('stage1', 'stage2')}
         stages = [
             Stage('synth', 'synthetic cohort', self.synth, data),
             Stage(
@@ -355,6 +305,16 @@ class Demo:
                     self.bench_rad,
                     {**data, 'train': c['train'], 'bench': c['bench']},
                     (self.paths['bench_rad'],),
+                )
+            )
+        if self.wants_grounding:
+            stages.append(
+                Stage(
+                    'bench_grounding',
+                    'benchmark grounding (held-out masks)',
+                    self.bench_grounding,
+                    {**data, 'train': c['train'], 'bench': c['bench']},
+                    (self.paths['bench_grounding'], self.paths['grounding']),
                 )
             )
         # The report is cheap and always rewritten, so it reflects whatever ran before.

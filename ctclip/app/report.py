@@ -1,4 +1,4 @@
-"""The demo's one-page summary: labeler quality, training curves, zero-shot AUROC, retrieval.
+"""The demo's one-page summary: labeler, training curves, zero-shot AUROC, retrieval, grounding.
 
 It only reads what the stages wrote (their metrics.json, metrics.jsonl and PNGs) and links their
 plots by relative path, so DIR/report.html opens anywhere the folder is copied.
@@ -75,6 +75,16 @@ def collect(demo: Demo) -> dict:
                 'undefined_classes': bench['classification'].get('undefined_classes', []),
                 'n_items': bench['classification']['n_items'],
             }
+    grounding = _load(demo.paths['bench_grounding'] / 'metrics.json')
+    if grounding:
+        arms = {'model': grounding['model'], **grounding['baselines']}
+        metrics['grounding'] = {
+            'protocol': grounding.get('protocol'),
+            'threshold': grounding.get('threshold'),
+            'n_pairs': grounding['model']['n_pairs'],
+            'n_patients': grounding['model']['n_patients'],
+            **{arm: block['metrics'] for arm, block in arms.items()},
+        }
     for name in ('ctrate', 'radchestct'):
         summary = _load(out / 'cache' / f'{name}.summary.json')
         if summary:
@@ -93,6 +103,11 @@ def headline(metrics: dict) -> dict[str, str]:
         bench = metrics.get(f'bench_{name}')
         if bench:
             out[f'zero-shot macro AUROC ({name})'] = _fmt(bench['headline']['mean AUROC'])
+    if 'grounding' in metrics:
+        for arm in ('model', 'location_prior', 'random'):
+            if arm in metrics['grounding']:
+                value = metrics['grounding'][arm]['pointing_game']
+                out[f'grounding pointing game ({arm})'] = _fmt(value)
     if 'labeler' in metrics:
         out['labeler macro F1 vs ground truth'] = _fmt(metrics['labeler']['macro']['f1'])
     return out
@@ -152,6 +167,25 @@ def render_markdown(demo: Demo, m: dict) -> str:
             ('retrieval.png', 'Retrieval'),
         ):
             figures.append((f'{title} ({name})', demo.paths[key] / png))
+    grounding = m.get('grounding')
+    if grounding:
+        arms = [a for a in ('model', 'location_prior', 'random') if a in grounding]
+        names = list(grounding['model'])
+        lines += [
+            '',
+            f'## Grounding: held-out masks ({grounding["n_pairs"]} findings, '
+            f'{grounding["n_patients"]} patients)',
+            '',
+            f'Masks: {grounding["protocol"]}.',
+            '',
+            '| metric | ' + ' | '.join(arms) + ' |',
+            '|---|' + '---|' * len(arms),
+        ]
+        lines += [
+            f'| {n} | ' + ' | '.join(_fmt(grounding[a][n]) for a in arms) + ' |' for n in names
+        ]
+        report = demo.paths['bench_grounding'] / 'report.html'
+        lines += ['', f'Full report with overlays: `{_rel(demo, report)}`']
     lines += ['', '## Stage timings (s)', '', '| stage | seconds |', '|---|---|']
     lines += [f'| {k} | {v} |' for k, v in m['stage_seconds'].items()]
     lines += ['', '## Figures', '']

@@ -1,4 +1,4 @@
-"""`ctclip bench {ct-rate,rad-chestct,score,retrieval}`: benchmarks under the published protocols."""
+"""`ctclip bench {ct-rate,rad-chestct,score,retrieval,grounding,grounding-score}`: benchmarks."""
 
 from __future__ import annotations
 
@@ -12,15 +12,22 @@ DESCRIPTION = """Benchmarks under the published protocols, with bootstrap CIs, r
   ctclip bench rad-chestct --model DIR --data cache.h5 --labels imgtest.csv --mapping ctclip16 --out DIR
   ctclip bench score --scores scores.csv --labels labels.csv --out DIR
   ctclip bench retrieval --image-emb img.npy --text-emb txt.npy --labels labels.csv --out DIR
+  ctclip bench grounding --model DIR --data cache.h5 --dataset dataset.json --masks DIR --out DIR
+  ctclip bench grounding-score --pred DIR --dataset dataset.json --masks DIR --out DIR
 
-Settings: configs/bench/*.yaml via --config, then flags, then dotted overrides such as
+Settings: --config FILE.yaml or a packaged name (bench/ctrate, bench/radchestct-hlip; `ctclip
+configs list bench`), then flags, then dotted overrides such as
 bootstrap.n_draws=200 or retrieval.reference=true."""
 
 _MAPPINGS = ('ctclip16', 'hlip', 'hlip14')
 
 
 def _common(p: argparse.ArgumentParser, model: bool = False) -> None:
-    p.add_argument('--config', default=argparse.SUPPRESS, help='YAML config (see configs/bench/)')
+    p.add_argument(
+        '--config',
+        default=argparse.SUPPRESS,
+        help='YAML file or packaged name (ctclip configs list bench)',
+    )
     p.add_argument('--out', help='output folder for metrics.json, report.md/.html and PNGs')
     p.add_argument('--n-bootstrap', type=int, dest='n_draws', help='bootstrap draws (default 1000)')
     p.add_argument('--seed', type=int, help='bootstrap seed (default 0)')
@@ -127,6 +134,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='retrieve volumes or scans',
     )
     _retrieval_flags(p)
+    _grounding_parsers(sub)
+
+
+def _grounding_parsers(sub) -> None:
+    """3D phrase grounding (ReXGroundingCT layout); settings: benchmarks.grounding.runner."""
+    p = sub.add_parser('grounding-score', help='score predicted finding masks (ReXGroundingCT)')
+    p.add_argument('--config', default=argparse.SUPPRESS, help='YAML config of grounding settings')
+    p.add_argument('--pred', required=True, help='folder of predicted masks, laid out like --masks')
+    _grounding_common(p)
+    p = sub.add_parser('grounding', help="a model's phrase heat maps scored on grounding masks")
+    p.add_argument('--config', default=argparse.SUPPRESS, help='YAML config of grounding settings')
+    p.add_argument('--model', required=True, help='exported model folder (save_pretrained)')
+    p.add_argument('--data', required=True, help='preprocessed cache (.h5) holding the volumes')
+    p.add_argument(
+        '--prior-from',
+        help='TRAINING dataset JSON for the location-prior baseline; its masks are in '
+        '--prior-masks (default: --masks)',
+    )
+    p.add_argument('--prior-masks', help='mask folder of --prior-from')
+    _grounding_common(p)
+
+
+def _grounding_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--dataset', required=True, help='dataset.json (ReXGroundingCT layout)')
+    p.add_argument('--masks', required=True, help='folder of gold masks, one file per volume name')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--images', help='folder of the CT files (same names) for the overlays')
+    p.add_argument('--split', nargs='+', dest='splits', help='only these splits of the dataset')
+    p.add_argument('--n-bootstrap', type=int, dest='n_draws', help='bootstrap draws (default 1000)')
+    p.add_argument('--seed', type=int, help='bootstrap seed (default 0)')
 
 
 # flag dest -> dotted config key (flags not listed map to their own name)
@@ -159,9 +196,59 @@ def _print_summary(metrics: dict) -> None:
         print(f'note: {note}')
 
 
+def _run_grounding(args: argparse.Namespace, overrides: list[str]) -> int:
+    from dataclasses import asdict
+
+    from benchmarks.grounding import runner as grounding
+    from ctclip.config import resolve
+
+    flags = {
+        'bootstrap.n_draws': args.n_draws,
+        'bootstrap.seed': args.seed,
+        'splits': args.splits,
+    }
+    cfg = resolve(
+        asdict(grounding.GroundingSettings()), getattr(args, 'config', None), flags, overrides
+    )
+    try:
+        settings = grounding.settings_from(cfg)
+        if args.task == 'grounding-score':
+            result = grounding.score_predictions(
+                args.pred, args.dataset, args.masks, args.out, args.images, settings
+            )
+        else:
+            result = grounding.run_model(
+                args.model,
+                args.data,
+                args.dataset,
+                args.masks,
+                args.out,
+                prior_from=args.prior_from,
+                prior_masks=args.prior_masks,
+                images_dir=args.images,
+                settings=settings,
+            )
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f'ctclip bench {args.task}: {err}', file=sys.stderr)
+        return 2
+    from benchmarks.report import fmt
+
+    arms = {'model': result['model'], **result.get('baselines', {})}
+    for name, arm in arms.items():
+        for metric, entry in arm['metrics'].items():
+            print(f'{name:>15} {metric:>20}: {fmt(entry)}')
+    for failure in result['failures']:
+        print(f'failed: {failure["name"]}: {failure["reason"]}', file=sys.stderr)
+    print(f'report: {args.out}/report.md')
+    return 1 if result['failures'] else 0
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.task in ('grounding', 'grounding-score'):
+        return _run_grounding(args, overrides)
     from benchmarks import runner
     from ctclip.config import resolve
+    from preprocessing.errors import CacheCorruptError
 
     flags = {_KEYS.get(k, k): v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     cfg = resolve(runner.DEFAULTS, getattr(args, 'config', None), flags, overrides)
@@ -173,6 +260,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     }[args.task]
     try:
         metrics = task(cfg)
+    except CacheCorruptError:  # damaged data, not a bad setting: main() names it, exit 1
+        raise
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f'ctclip bench {args.task}: {err}', file=sys.stderr)
         return 2

@@ -16,11 +16,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ctcommon.settings import check_keys
+
 _logger = logging.getLogger(__name__)
 
 
 class ImageTower(nn.Module):
-    """Base: `forward(x [B, C, D, H, W]) -> (pooled [B, width], tokens [B, N, width])`."""
+    """Base: `forward(x [B, C, D, H, W]) -> (pooled [B, width], tokens [B, N, width])`.
+
+    `forward_grid(x)` returns the same tokens as a grid [B, width, d, h, w] (token n of
+    `forward` is grid voxel n in C order), so phrase grounding can place them in the volume.
+    """
 
     width: int
 
@@ -35,6 +41,9 @@ class ImageTower(nn.Module):
         if self.grad_checkpointing and self.training and x.requires_grad:
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 POOLINGS = ('avg', 'max', 'avgmax')
@@ -99,11 +108,18 @@ class ResNet3dTower(ImageTower):
         channels = block_inplanes[3] * (4 if block == 'bottleneck' else 1)
         self.width = channels * (2 if pool == 'avgmax' else 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.stem(x))
         for stage in self.stages:
             x = self._run(stage, x)
-        return _grid_to_tokens(x, self.pool)
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _grid_to_tokens(self._features(x), self.pool)
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self._features(x)
+        return torch.cat([grid, grid], 1) if self.pool == 'avgmax' else grid
 
 
 class ViT3dTower(ImageTower):
@@ -149,6 +165,7 @@ class ViT3dTower(ImageTower):
         self.blocks = vit.blocks
         self.norm = vit.norm
         self.img_size = tuple(img_size)
+        self.patch_size = tuple(patch_size)
         self.width = hidden_size
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +177,11 @@ class ViT3dTower(ImageTower):
             x = self._run(block, x)
         tokens = self.norm(x)
         return tokens.mean(dim=1), tokens
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        _, tokens = self.forward(x)
+        grid = [s // p for s, p in zip(self.img_size, self.patch_size, strict=True)]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
 class UNet3dEncoderTower(ImageTower):
@@ -198,10 +220,13 @@ class UNet3dEncoderTower(ImageTower):
         self.width = f_maps[-1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _grid_to_tokens(self.forward_grid(x))
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for encoder in self.encoders:
             x = self._run(encoder, x)
-        return _grid_to_tokens(x)
+        return x
 
 
 _TOWERS: dict[str, Callable[..., ImageTower]] = {
@@ -220,9 +245,5 @@ def build_image_tower(cfg: dict[str, Any]) -> ImageTower:
     cfg.pop('grad_checkpointing', None)
     builder = _TOWERS[arch]
     valid = set(inspect.signature(builder.__init__).parameters) - {'self'}
-    unknown = sorted(set(cfg) - valid)
-    if unknown:
-        raise ValueError(
-            f"vision_cfg keys {unknown} are not valid for arch '{arch}'. Valid: {sorted(valid)}"
-        )
+    check_keys(cfg, valid, 'vision_cfg')  # the keys of this arch's constructor
     return builder(**cfg)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, render_table, summarise
-from ctclip.app.pipeline import Pipeline, Stage
+from ctclip.app.pipeline import Pipeline, Stage, cli_argv
 from ctclip.app.report import render_html
-from ctclip.config import apply_overrides, configs_dir, get_dotted, load_config
+from ctclip.config import apply_overrides, get_dotted, load_config
 from ctclip.losses import active_terms
 
 
@@ -134,12 +134,12 @@ def test_ablation_arms_are_valid_configs():
     names = [a.name for a in plan.arms]
     assert len(set(names)) == len(names)
     assert {a.group for a in plan.arms} == {'Li et al.', 'LGDEA', 'loss terms'}
-    stage1 = load_config(configs_dir() / 'train' / 'stage1-small.yaml')
+    stage1 = load_config('train/stage1-small')
     for extra in plan.stage1.values():
         for token in extra:
             assert get_dotted(stage1, token.split('=')[0]) is not None, token
     for arm in plan.arms:
-        cfg = load_config(configs_dir() / arm.stage2)
+        cfg = load_config(arm.stage2)
         for token in arm.overrides:
             key = token.split('=')[0].removesuffix('.enabled')
             assert get_dotted(cfg, key) is not None, f'{arm.name}: {key} is not in {arm.stage2}'
@@ -151,7 +151,7 @@ def test_ablation_arms_are_valid_configs():
                 t.name for t in active_terms(apply_overrides(cfg, list(arm.overrides))['loss'])
             }
             assert before - after == {term}, f'{arm.name} must switch off {term} and only it'
-    evidence = load_config(configs_dir() / 'train' / 'stage2-evidence-small.yaml')
+    evidence = load_config('train/stage2-evidence-small')
     for term in EVIDENCE_TERMS:
         assert get_dotted(evidence, f'loss.{term}.weight'), (
             f'{term} must be on in the evidence config'
@@ -160,12 +160,18 @@ def test_ablation_arms_are_valid_configs():
 
 def test_ablation_summary_mean_std_and_table():
     plan = ablation_plan()
-    per_seed = [{a.name: 0.7 + 0.1 * s for a in plan.arms} for s in range(3)]
+    per_seed = [
+        {a.name: {'auroc': 0.7 + 0.1 * s, 'pointing_game': 0.2 * s} for a in plan.arms}
+        for s in range(3)
+    ]
     rows = summarise(plan, per_seed)
-    assert rows[0]['mean'] == pytest.approx(0.8)
-    assert rows[0]['std'] == pytest.approx(0.1)
+    assert rows[0]['metrics']['auroc']['mean'] == pytest.approx(0.8)
+    assert rows[0]['metrics']['auroc']['std'] == pytest.approx(0.1)
+    assert rows[0]['metrics']['pointing_game']['mean'] == pytest.approx(0.2)
+    assert 'global_dice' not in rows[0]['metrics']  # a metric no seed has is left out
     table = render_table(rows, 3)
-    assert '0.800 ± 0.100' in table and table.count('\n') == len(plan.arms) + 1
+    assert '0.800 ± 0.100' in table and '0.200 ± 0.200' in table
+    assert 'pointing game' in table and table.count('\n') == len(plan.arms) + 1
 
 
 def test_ablation_trains_each_distinct_configuration_once(tmp_path, monkeypatch):
@@ -180,10 +186,64 @@ def test_ablation_trains_each_distinct_configuration_once(tmp_path, monkeypatch)
         return out / 'final'
 
     monkeypatch.setattr(ablation, '_train', train)
-    monkeypatch.setattr(ablation, '_score', lambda model, out: len(trained) / 100)
+    monkeypatch.setattr(ablation, '_score', lambda model, out: {'auroc': len(trained) / 100})
     scores = ablation.run_seed(0)
     arms = ablation.plan.arms
     assert len(trained) == len(ablation.plan.stage1) + len({a.training for a in arms}) == 2 + 11
     assert len(set(trained)) == len(trained)
     assert scores['clip-100%-pairs'] == scores['supervised+clip']
-    assert len(set(scores.values())) == len(arms) - 1
+    assert len({s['auroc'] for s in scores.values()}) == len(arms) - 1
+
+
+def test_cli_argv_is_the_command_line_a_user_types():
+    argv = cli_argv(
+        'label', 'eval', out_dir=Path('x/y'), small=True, model=None, quiet=False, n=3,
+        overrides={'train.seed': 1, 'data.cache': Path('c.h5')}, extra=['train.steps=2'],
+    )  # fmt: skip
+    assert argv == [
+        'label', 'eval', '--out-dir', 'x/y', '--small', '--n', '3',
+        'train.seed=1', 'data.cache=c.h5', 'train.steps=2',
+    ]  # fmt: skip
+
+
+def test_demo_stages_run_the_same_commands_as_a_user(tmp_path, monkeypatch):
+    """Each stage is one `ctclip` command line, with packaged config names, in a fixed order."""
+    import ctclip.cli
+    from ctclip.app.demo import DEFAULTS, Demo
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(ctclip.cli, 'main', lambda argv: calls.append(argv) or 0)
+    cfg = {**DEFAULTS, 'out': str(tmp_path), 'labeler': {**DEFAULTS['labeler'], 'model': 'm'}}
+    demo = Demo(cfg)
+    settings = {**cfg, 'workers': 2}
+    demo.synth(settings)
+    demo.preprocess(settings)
+    demo.train_stage2(settings)
+    out = tmp_path.resolve()
+    assert calls[0] == [
+        'synth', '--out', f'{out}/cohort', '--n', '200', '--seed', '0', '--layout', 'ct-rate',
+        '--small', '--workers', '2',
+    ]  # fmt: skip
+    assert calls[1][:3] == ['synth', '--out', f'{out}/cohort-rad'] and calls[1][6] == '1'
+    assert calls[2] == [
+        'preprocess', '--input', f'{out}/cohort', '--out', f'{out}/cache/ctrate.h5',
+        '--recipe', 'small', '--workers', '2',
+    ]  # fmt: skip
+    assert calls[4] == [
+        'train', '--config', 'train/stage2-evidence-small',
+        f'data.cache={out}/cache/ctrate.h5', f'data.labels={out}/labels/labels.csv',
+        f'data.reports={out}/labels/reports.csv', f'data.evidence={out}/labels/evidence.jsonl',
+        f'train.output_dir={out}/train/stage2', 'train.seed=0',
+        f'train.init_from={out}/train/stage1/final',
+    ]  # fmt: skip
+
+
+def test_a_misspelt_demo_setting_fails_in_one_line_before_any_stage(tmp_path, capsys):
+    from ctclip.cli import main
+
+    out = tmp_path / 'demo'
+    assert main(['demo', '--out', str(out), 'labeler.bakend=openai']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'labeler.bakend' in section 'labeler'; did you mean 'labeler.backend'?" in err
+    assert not out.exists()
