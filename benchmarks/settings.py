@@ -14,6 +14,8 @@ from benchmarks import prompts
 from benchmarks.bootstrap import BootstrapConfig
 from benchmarks.retrieval import RetrievalOptions
 from benchmarks.scoring import ScoringOptions
+from ctcommon import settings
+from ctcommon.mapping import deep_merge
 
 DEFAULTS: dict[str, Any] = {
     'model': None,
@@ -108,27 +110,20 @@ def retrieval_options(cfg: dict) -> RetrievalOptions:
 
 def check_keys(cfg: dict) -> None:
     """Unknown settings are errors: a misspelt key would otherwise be silently ignored."""
-    known = set(DEFAULTS) | set(FILE_KEYS)
-    unknown = sorted(k for k in cfg if k not in known)
-    if unknown:
-        raise ValueError(f'Unknown bench settings {unknown}. Valid: {sorted(known)}')
+    settings.check_keys(cfg, [*DEFAULTS, *FILE_KEYS])
     for section, defaults in DEFAULTS.items():
         value = cfg.get(section)
         if not isinstance(defaults, dict) or value is None:
             continue
         if not isinstance(value, dict):
             raise ValueError(f"bench setting '{section}' must be a section, not {value!r}")
-        bad = sorted(k for k in value if k not in defaults)
-        if bad:
-            raise ValueError(f"Unknown keys {bad} in '{section}'. Valid: {sorted(defaults)}")
+        settings.check_keys(value, defaults, section)
 
 
 def with_defaults(cfg: dict) -> dict:
     """`cfg` over DEFAULTS, after checking that every key is a known setting."""
-    from ctclip.config import merge
-
     check_keys(cfg or {})
-    return merge(DEFAULTS, cfg or {})
+    return deep_merge(DEFAULTS, cfg or {})
 
 
 def metrics_header(cfg: dict, title: str, protocol: str) -> dict:

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ctcommon.atomic import atomic_open
+
 _logger = logging.getLogger(__name__)
 
 # First-column names that mean "this is the id column" in the tables we read.
@@ -139,15 +141,12 @@ def read_table(
 
 
 def write_table(table: Table, path: str | os.PathLike, id_column: str = 'VolumeName') -> None:
-    """Write atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    with tmp.open('w', newline='', encoding='utf-8') as f:
+    """Written atomically (`ctcommon.atomic`): a reader never sees half a table."""
+    with atomic_open(path, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow([id_column, *table.columns])
         for i, row in zip(table.ids, table.values, strict=True):
             writer.writerow([i, *('' if math.isnan(v) else repr(float(v)) for v in row)])
-    os.replace(tmp, path)
 
 
 def strip_extension(volume_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Rank and world size from torchrun or SLURM, and the autograd-aware gather the losses use.
+"""Rank and world size from torchrun or SLURM, the process group, and the autograd-aware gather.
 
 Contrastive losses need the negatives of every rank. A plain `all_gather` cuts the graph, so the
 gradient of a rank's features would only see its own loss; `all_gather_with_grad` sends the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,39 @@ def world_info() -> WorldInfo:
     if not 0 <= rank < world_size:
         raise ValueError(f'rank must be in [0, world_size={world_size}), not {rank}')
     return WorldInfo(rank, world_size, local_rank)
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Start the process group (gloo on CPU, nccl on GPU) from torchrun, SLURM or nothing.
+
+    A lone process gets RANK=0/WORLD_SIZE=1 and a free local port, so DeepSpeed does not go
+    looking for MPI. Returns (rank, world size, local rank).
+    """
+    if not torch.cuda.is_available():
+        os.environ.setdefault('DS_ACCELERATOR', 'cpu')
+    info = world_info()
+    os.environ.setdefault('RANK', str(info.rank))
+    os.environ.setdefault('WORLD_SIZE', str(info.world_size))
+    os.environ.setdefault('LOCAL_RANK', str(info.local_rank))
+    os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+    if 'MASTER_PORT' not in os.environ:
+        if info.world_size > 1:
+            raise RuntimeError('MASTER_PORT must be set for a multi-process run (torchrun sets it)')
+        os.environ['MASTER_PORT'] = str(_free_port())
+    if not dist.is_initialized():
+        import deepspeed
+
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+    return dist.get_rank(), dist.get_world_size(), info.local_rank
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def is_distributed() -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ctclip.model import CTClip
+from ctcommon.mapping import deep_merge
 
 _logger = logging.getLogger(__name__)
 
@@ -61,15 +62,6 @@ def get_model_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(_MODEL_CONFIGS[name])
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Merge nested (`vision_cfg={'layers': [...]}`) and dotted (`'vision_cfg.layers'`) overrides."""
     for key, value in overrides.items():
@@ -83,7 +75,7 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
                 )
             node = child
         if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            _merge(node[leaf], value)
+            node[leaf] = deep_merge(node[leaf], value)
         else:
             node[leaf] = copy.deepcopy(value)
     return config

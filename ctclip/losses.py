@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ctclip.distributed import all_gather_no_grad, all_gather_with_grad, is_distributed
+from ctcommon.settings import check_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -345,9 +347,9 @@ class PromptLoss:
 
     def texts(self, class_names: list[str]) -> list[str]:
         """The prompts in the order `prompt_features` must follow: class, template, (pos, neg)."""
-        from ctclip.inference import parse_templates
+        from ctclip.prompts import resolve_templates
 
-        pairs = parse_templates(list(self.templates))
+        pairs = resolve_templates(list(self.templates))
         return [t.format(c=c) for c in class_names for pair in pairs for t in pair]
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
@@ -390,8 +392,7 @@ def _check_term(term: Any) -> Any:
 
 def build_term(name: str, spec: Any) -> Any:
     """One term from `weight` (a number) or a dict of its fields (`enabled: false` drops it)."""
-    if name not in TERMS:
-        raise ValueError(f"Unknown loss term '{name}'. Valid: {sorted(TERMS)}")
+    check_keys({name: spec}, TERMS, 'loss')
     cls = TERMS[name]
     spec = (
         {'weight': spec}
@@ -399,10 +400,7 @@ def build_term(name: str, spec: Any) -> Any:
         else dict(spec or {})
     )
     spec.pop('enabled', None)
-    valid = {f.name for f in fields(cls)}
-    unknown = sorted(set(spec) - valid)
-    if unknown:
-        raise ValueError(f'loss.{name} keys {unknown} are not valid. Valid: {sorted(valid)}')
+    check_keys(spec, [f.name for f in fields(cls)], f'loss.{name}')
     return _check_term(cls(**spec))
 
 
@@ -465,3 +463,19 @@ def active_terms(cfg: dict[str, Any] | None) -> list[Any]:
         if term.weight > 0 or getattr(term, 'entropy_weight', 0) > 0:
             terms.append(term)
     return terms
+
+
+TEXT_TERMS = ('clip', 'multi_positive', 'evidence', 'text_bce', 'prompt')
+
+
+def active_term_names(cfg: Mapping | None) -> set[str]:
+    """The terms `create_loss` switches on (an evidence term with weight 0 but an entropy weight
+    still runs, and still needs the evidence inputs)."""
+    return {term.name for term in active_terms(dict(cfg or {}))}
+
+
+def uses_text(cfg: Mapping | None, active: set[str] | None = None) -> bool:
+    """Whether any enabled loss term needs the text tower (the engine skips it otherwise)."""
+    active = active_term_names(cfg) if active is None else active
+    bce = dict(cfg or {}).get('bce')
+    return bool(active & set(TEXT_TERMS)) or bool(isinstance(bce, Mapping) and bce.get('text'))

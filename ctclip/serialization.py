@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 import ctclip
+from ctcommon.atomic import atomic_path, write_json
 
 _logger = logging.getLogger(__name__)
 
@@ -31,19 +29,27 @@ FORMAT = 'ctclip-model'
 FORMAT_VERSION = 1
 
 
-def _umask_mode(directory: bool = False) -> int:
-    """Permissions a plain open() would give; mkstemp-style temp files default to owner-only."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    write_json(path, payload, sort_keys=True)
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'w', encoding='utf-8') as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write('\n')
-    os.replace(tmp, path)
+def _check_weights(names: set[str]) -> Callable[[Path], None]:
+    """A `verify` that re-reads the safetensors header: every tensor is there, the file whole."""
+
+    def verify(tmp: Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(tmp), framework='pt') as f:
+            found = set(f.keys())
+        if found != names:
+            raise OSError(f'{tmp}: wrote {len(found)} of {len(names)} tensors')
+
+    return verify
+
+
+def _check_tokenizer(tmp: Path) -> None:
+    if not any(tmp.iterdir()):
+        raise OSError(f'{tmp}: the tokenizer wrote no files')
 
 
 def _plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,26 +76,18 @@ def save_model_dir(
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f'.{WEIGHTS_NAME}.tmp{os.getpid()}'
-    save_file(_plain_state(state), str(tmp), metadata={'format': 'pt'})
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, directory / WEIGHTS_NAME)
-    _write_json_atomic(directory / TEXT_CONFIG_NAME, text_config)
-    staging = Path(tempfile.mkdtemp(prefix='.tokenizer.', dir=directory))
-    tokenizer.save_pretrained(str(staging))
-    os.chmod(staging, _umask_mode(directory=True))
-    final = directory / TOKENIZER_DIR
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    plain = _plain_state(state)
+    with atomic_path(directory / WEIGHTS_NAME, verify=_check_weights(set(plain))) as tmp:
+        save_file(plain, str(tmp), metadata={'format': 'pt'})
+    _write_json(directory / TEXT_CONFIG_NAME, text_config)
+    with atomic_path(directory / TOKENIZER_DIR, verify=_check_tokenizer) as tmp:
+        tokenizer.save_pretrained(str(tmp))
     meta = {
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
         'ctclip_version': ctclip.__version__,
     }
-    _write_json_atomic(
-        directory / CONFIG_NAME, {**config, '_meta': meta}
-    )  # written last: marks complete
+    _write_json(directory / CONFIG_NAME, {**config, '_meta': meta})  # written last: marks complete
     return directory
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import socket
 import uuid
@@ -42,11 +43,26 @@ def fsync_path(path: str | Path) -> None:
 
 
 def commit(tmp: str | Path, path: str | Path) -> Path:
-    """Flush `tmp` and rename it onto `path`."""
+    """Flush `tmp` and rename it onto `path`.
+
+    A folder replaces an existing folder too: the old one is first renamed aside under a
+    temporary name (restored if the second rename fails, removed after it succeeds), so `path`
+    is always either the old complete folder or the new one.
+    """
     tmp, path = Path(tmp), Path(path)
     if tmp.is_file():
         fsync_path(tmp)
-    os.replace(tmp, path)
+    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        aside = temp_path_for(path)
+        os.replace(path, aside)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(aside, path)
+            raise
+        _remove(aside)
+    else:
+        os.replace(tmp, path)
     fsync_path(path.parent)
     return path
 
@@ -64,11 +80,14 @@ def _remove(path: Path) -> None:
 def atomic_path(path: str | Path, verify: Callable[[Path], Any] | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit, `verify(tmp)` and rename it to `path`.
 
-    The caller writes and closes the file inside the block, so write and close errors (a full
-    disk) raise there. `verify` raises if the written file is incomplete. On any error the
-    temporary file is removed and `path` is left as it was.
+    The caller writes and closes the file (or fills the folder) inside the block, so write and
+    close errors (a full disk) raise there. `verify` raises if the written file is incomplete. On
+    any error the temporary file is removed and `path` is left as it was. The temporary name ends
+    in `.ctclip-tmp`, not in `path`'s suffix: writers that pick a format from the name (`np.save`,
+    `savefig`) take a file object or an explicit format.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
         yield tmp
@@ -113,6 +132,24 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; as a `verify`, it rejects a truncated or empty one."""
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def write_json(path: str | Path, obj: Any, newline: bool = True, **dumps_kwargs: Any) -> Path:
+    """`json.dumps(obj, **dumps_kwargs)` (+ a final newline), re-read before it is renamed.
+
+    `indent` defaults to 2; pass `indent=None` for one line.
+    """
+    dumps_kwargs.setdefault('indent', 2)
+    text = json.dumps(obj, **dumps_kwargs) + ('\n' if newline else '')
+    with atomic_open(path, 'w', verify=read_json) as f:
+        f.write(text)
+    return Path(path)
+
+
 def _owner_alive(name: str) -> bool:
     """Whether the process named in a temporary file's name may still be writing it."""
     token = name[: -len(_TMP_TAG)].rsplit('.', 1)[-1]
@@ -122,6 +159,11 @@ def _owner_alive(name: str) -> bool:
     host, pid = parts[0], int(parts[1])
     if host != (socket.gethostname().split('.')[0] or 'host'):
         return True  # another node's process: not ours to judge
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host may still run (ours, or one we may not signal)."""
     if pid == os.getpid():
         return True
     try:

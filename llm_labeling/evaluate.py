@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ctcommon import metrics
 from llm_labeling.io import atomic_open, write_json
 from llm_labeling.schema import FINDINGS
 
@@ -60,19 +61,9 @@ def _cell(path: Path, line: int, column: str, text: str) -> float:
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); None with one class only."""
-    y = y.astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(score, kind='mergesort')
-    ranks = np.empty(len(score))
-    sorted_scores = score[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """`ctcommon.metrics.auroc` of 0/1 labels; None (not NaN, for JSON) with one class only."""
+    value = metrics.auroc(score, np.asarray(y).astype(bool).astype(np.float64))
+    return None if np.isnan(value) else value
 
 
 def binarize(values: np.ndarray, uncertain: str) -> np.ndarray:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from ctcommon import atomic
+from ctcommon.atomic import atomic_open as atomic_open  # re-exported: the labeler's writers
 
 _logger = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ CTRATE_ID, CTRATE_TEXT = 'VolumeName', ('Findings_EN', 'Impressions_EN')
 ID_GUESSES = ('report_id', 'VolumeName', 'AccessionNo', 'id', 'study_id', 'NoteAcc_DEID')
 TEXT_GUESSES = (('Findings_EN', 'Impressions_EN'), ('report_text',), ('text',), ('report',))
 FORMATS = ('auto', 'csv', 'jsonl')
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -161,25 +159,5 @@ def unique_texts(reports: Sequence[Report]) -> dict[str, list[str]]:
     return groups
 
 
-@contextmanager
-def atomic_open(path: str | Path, mode: str = 'w', **kwargs) -> Iterator:
-    """Open a temp file next to `path` and move it over `path` only when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | Path, obj: object) -> None:
-    with atomic_open(path, encoding='utf-8') as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write('\n')
+    atomic.write_json(path, obj, indent=2, sort_keys=False)

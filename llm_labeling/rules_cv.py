@@ -6,10 +6,10 @@ divisible by 4 (190 of 800 reports). Rules were developed on the other 610 ("dev
 listings are only ever printed for dev. Seven held-out texts also occur verbatim in dev (the manual
 set has duplicate reports under different ids); `heldout-unique` drops them. Run:
 
-    python -m llm_labeling.rules_cv --split heldout
-    python -m llm_labeling.rules_cv --split dev --errors 'Lung opacity'
-    python -m llm_labeling.rules_cv --split dev --consistency
-    python -m llm_labeling.rules_cv --split dev --adjudication
+    python -m llm_labeling.rules_cv --manual manual_labels_train.csv --split heldout
+    python -m llm_labeling.rules_cv --manual manual_labels_train.csv --split dev --errors 'Lung opacity'
+    python -m llm_labeling.rules_cv --manual manual_labels_train.csv --split dev --consistency
+    python -m llm_labeling.rules_cv --manual manual_labels_train.csv --split dev --adjudication
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from llm_labeling.rules import RulesLabeler
 from llm_labeling.schema import FINDINGS
 
 SPLITS = ('dev', 'heldout', 'heldout-unique', 'all')
-DEFAULT_MANUAL = Path(__file__).resolve().parents[2] / 'shared/data/ctrate/manual_labels_train.csv'
 # The manual labels are binary. Uncertain mentions ("suspicious for", "cannot be excluded") were
 # marked positive by CT-RATE's annotators, so -1 scores as 1 against them.
 UNCERTAIN_AS = 1
@@ -369,7 +368,11 @@ def _print_consistency(result: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m llm_labeling.rules_cv', description=__doc__)
     parser.add_argument(
-        '--manual', type=Path, default=DEFAULT_MANUAL, help='manual_labels_train.csv'
+        '--manual',
+        type=Path,
+        required=True,
+        help="CT-RATE's manual_labels_train.csv (beside a clone: "
+        '../shared/data/ctrate/manual_labels_train.csv)',
     )
     parser.add_argument('--split', choices=SPLITS, default='heldout')
     parser.add_argument('--errors', metavar='FINDING', help='print the misclassified dev reports')

@@ -1,4 +1,4 @@
-"""The one home of the 18 CT-RATE findings; every other module imports them from here."""
+"""The label schema: how a report speaks of each of the 18 CT-RATE findings (`FINDINGS`)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,9 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
-# Spelled and ordered exactly as CT-RATE's multi_abnormality_labels CSVs.
-FINDINGS: tuple[str, ...] = (
-    'Medical material',
-    'Arterial wall calcification',
-    'Cardiomegaly',
-    'Pericardial effusion',
-    'Coronary artery wall calcification',
-    'Hiatal hernia',
-    'Lymphadenopathy',
-    'Emphysema',
-    'Atelectasis',
-    'Lung nodule',
-    'Lung opacity',
-    'Pulmonary fibrotic sequela',
-    'Pleural effusion',
-    'Mosaic attenuation pattern',
-    'Peribronchial thickening',
-    'Consolidation',
-    'Bronchiectasis',
-    'Interlobular septal thickening',
-)
+from ctcommon.findings import FINDINGS as FINDINGS  # re-exported: the findings it labels
 
 SCHEMA_VERSION = '1.0'
-
-# Zero-shot prompt pairs (positive, negative); the class name fills `{c}`.
-ZERO_SHOT_TEMPLATES: dict[str, tuple[str, str]] = {
-    'ctclip': ('{c} is present.', '{c} is not present.'),
-    'there-is': ('There is {c}.', 'There is no {c}.'),
-    'plain': ('{c}.', 'not {c}.'),
-}
 
 
 class Status(str, Enum):

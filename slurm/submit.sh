@@ -4,7 +4,7 @@
 #
 #   slurm/submit.sh preprocess --shards N [--tasks LIST] [--merge-job ID] [sbatch options]
 #                   -- --input COHORT --out OUT/cache.h5 [ctclip preprocess flags]
-#   slurm/submit.sh train  [sbatch options, e.g. --nodes=4] -- [--launcher deepspeed] -- --config C.yaml
+#   slurm/submit.sh train  [sbatch options, e.g. --nodes=4] -- [--launcher deepspeed] -- --config train/stage2-evidence
 #   slurm/submit.sh label  [sbatch options] -- [--base-url URL | --server-cmd CMD] -- --reports R --out-dir D
 #   slurm/submit.sh bench  [sbatch options] -- [--perf] -- BENCH ARGS
 #

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_labeling.schema import FINDINGS
+from ctcommon.findings import FINDINGS
 
 
 def _load_volume(root: Path, truth: dict) -> np.ndarray:

@@ -1,22 +1,21 @@
 """On-disk formats: CT-RATE (v1 raw + metadata, v2 `_fixed` LPS/HU) and RAD-ChestCT (`.npz` in HU).
 
-Files are written atomically (a temporary file in the same folder, then `os.replace`), so an
-interrupted run never leaves a truncated volume that a later run would mistake for a finished one.
+Files are written atomically (`ctcommon.atomic`: a temporary file in the same folder, renamed),
+so an interrupted run never leaves a truncated volume that a later run would mistake for a
+finished one.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from llm_labeling.schema import FINDINGS
+from ctcommon.atomic import atomic_open, atomic_path
+from ctcommon.findings import FINDINGS
 
 METADATA_COLUMNS = (
     'VolumeName',
@@ -79,22 +78,6 @@ SCANNERS = (
     ('PNMS', 'Brilliance 16', -1024, 0.05, ('C', 'L'), -120.0),
     ('SIEMENS', 'SOMATOM Force', -1024, 0.04, ('Bl57d', 'Br36d'), -1250.0),
 )
-
-
-@contextmanager
-def atomic_path(path: Path, suffix: str = ''):
-    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix='.tmp-', suffix=suffix or ''.join(path.suffixes), dir=path.parent
-    )
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_csv(path: Path, columns: tuple[str, ...] | list[str], rows: list[dict]) -> None:
@@ -215,5 +198,5 @@ def label_row(name: str, present: set[str]) -> dict:
 
 def write_npz(path: Path, hu: np.ndarray) -> None:
     """A RAD-ChestCT volume: key `ct`, int16 HU, axes (z, y, x) in LPS index order."""
-    with atomic_path(path, suffix='.npz') as tmp:
-        np.savez_compressed(tmp, ct=hu.astype(np.int16))
+    with atomic_open(path, 'wb') as f:
+        np.savez_compressed(f, ct=hu.astype(np.int16))

@@ -12,7 +12,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from llm_labeling.schema import FINDINGS
+from ctcommon.findings import FINDINGS
 
 # Per-scan prevalence in CT-RATE's validation split (percent), from the dataset card.
 PREVALENCE: dict[str, float] = {

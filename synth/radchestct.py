@@ -7,10 +7,10 @@ table is then derived from the raw columns exactly as HLIP derives it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from llm_labeling.schema import FINDINGS
+from ctcommon.atomic import write_json
+from ctcommon.findings import FINDINGS
 from synth import layouts
 
 RAW_COLUMNS = (
@@ -196,8 +196,9 @@ def assemble(out: Path, records: list[dict], small: bool) -> None:
     ]
     layouts.write_csv(base / 'ctrate_labels.csv', ('VolumeName', *FINDINGS), labels)
     spacing = SMALL_SPACING if small else FULL_SPACING
-    with layouts.atomic_path(base / 'spacing.json') as tmp:
-        tmp.write_text(
-            json.dumps({'spacing_zyx': [spacing] * 3, 'orientation': 'LPS', 'units': 'HU'}),
-            encoding='utf-8',
-        )
+    write_json(
+        base / 'spacing.json',
+        {'spacing_zyx': [spacing] * 3, 'orientation': 'LPS', 'units': 'HU'},
+        newline=False,
+        indent=None,
+    )

@@ -85,7 +85,7 @@ def _monai_crops(nifti: Path, cache_dir: Path, n: int, cold: bool) -> tuple[floa
     return n / elapsed, sum(p.stat().st_size for p in pt_files)
 
 
-def run(quick: bool = False) -> list[Row]:
+def run(quick: bool = False, ct_sample: Path | None = None) -> list[Row]:
     from preprocessing import run as preprocess
 
     n = 10 if quick else 40
@@ -93,7 +93,7 @@ def run(quick: bool = False) -> list[Row]:
         dir=Path.home()
     ) as tmp:  # a real disk, not tmpfs, for cold reads
         folder = Path(tmp)
-        nifti = make_input(folder, 120 if quick else 300)
+        nifti = make_input(folder, 120 if quick else 300, ct_sample)
         cache_path = folder / 'cache.h5'
         preprocess(
             {'input': str(nifti), 'out': str(cache_path), 'progress': False, 'qc': {'samples': 0}}

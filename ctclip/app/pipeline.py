@@ -15,23 +15,44 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
+from ctcommon.atomic import write_json
+
 _logger = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding='utf-8')
-    os.replace(tmp, path)
+    """The demo's JSON records: sorted keys, anything else as `str` (`ctcommon.atomic`)."""
+    write_json(path, data, newline=False, sort_keys=True, default=str)
+
+
+def cli_argv(
+    *words: str, overrides: Mapping[str, Any] | None = None, extra: Iterable[str] = (), **flags: Any
+) -> list[str]:
+    """The `ctclip` command line of one stage, exactly as a user would type it.
+
+    `words` are the verb (and sub-verb); each flag becomes `--name value` (`_` -> `-`; True is a
+    bare switch; None and False leave it out); `overrides` become `key=value`; `extra` holds
+    `key=value` tokens as given. The app layer chains the CLI verbs on purpose, so a stage can
+    never drift from what the CLI does.
+    """
+    argv = [str(w) for w in words]
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv.append(f'--{name.replace("_", "-")}')
+        if value is not True:
+            argv.append(str(value))
+    argv += [f'{key}={value}' for key, value in (overrides or {}).items()]
+    return argv + [str(token) for token in extra]
 
 
 def settings_hash(settings: dict) -> str:

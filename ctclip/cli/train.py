@@ -9,11 +9,14 @@ HELP = 'train a model (stage 1 supervised, stage 2 CLIP / evidence-aligned) with
 DESCRIPTION = """\
 Train one stage with DeepSpeed (ZeRO 0-3, fp32 or bf16, CPU or GPU, 1 or N processes).
 
-  ctclip train --config configs/train/stage1-small.yaml data.cache=cache.h5 \\
+  ctclip train --config train/stage1-small data.cache=cache.h5 \\
       data.labels=labels.csv data.reports=reports.csv train.output_dir=runs/stage1
-  ctclip train --config configs/train/stage2-evidence-small.yaml ... \\
+  ctclip train --config train/stage2-evidence-small ... \\
       data.evidence=evidence.jsonl train.init_from=runs/stage1/final train.output_dir=runs/stage2
   torchrun --nproc_per_node 2 -m ctclip train --config ...      # multi-process
+
+--config takes a YAML file or a packaged name (`ctclip configs list train`; `ctclip configs export
+DIR` writes editable copies).
 
 Rerunning the same command resumes exactly from OUTPUT_DIR/checkpoints/latest. SIGTERM or SIGUSR1
 saves a checkpoint after the current step and exits with status 0; the run is finished when
@@ -36,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from ctclip.config import resolve
-    from ctclip.training import TRAIN_DEFAULTS, train
+    from ctclip.training import TRAIN_DEFAULTS, train, train_config
     from ctclip.training.trainer import Interrupted
 
     flags = {
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     }
     if not args.verbose:
         logging.getLogger('DeepSpeed').setLevel(logging.WARNING)
-    cfg = resolve(TRAIN_DEFAULTS, args.config, flags, overrides)
+    # typed and validated before any work: a misspelt key fails here, before the process group
+    cfg = train_config(resolve(TRAIN_DEFAULTS, args.config, flags, overrides))
     try:
         final = train(cfg)
     except Interrupted as stop:

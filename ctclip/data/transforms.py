@@ -12,60 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ctcommon.settings import check_keys
+from ctcommon.window import Window as Window  # re-exported: the one HU window
+
 _logger = logging.getLogger(__name__)
-
-
-class Window:
-    """Clip HU to [hu_min, hu_max] and map linearly to [out_min, out_max] (float32)."""
-
-    def __init__(self, hu_min: float, hu_max: float, out_min: float = -1.0, out_max: float = 1.0):
-        if not hu_max > hu_min:
-            raise ValueError(f'Window hu_max must be greater than hu_min, not [{hu_min}, {hu_max}]')
-        self.hu_min, self.hu_max = float(hu_min), float(hu_max)
-        self.out_min, self.out_max = float(out_min), float(out_max)
-
-    def __call__(self, hu: np.ndarray) -> np.ndarray:
-        scale = (self.out_max - self.out_min) / (self.hu_max - self.hu_min)
-        out = np.clip(hu.astype(np.float32), self.hu_min, self.hu_max)
-        return (out - self.hu_min) * scale + self.out_min
-
-    @property
-    def pad_value_hu(self) -> float:
-        """Padding in HU maps to the window's lower end (air), like the recipes' pad value."""
-        return self.hu_min
-
-    def __repr__(self) -> str:
-        return f'Window([{self.hu_min}, {self.hu_max}] -> [{self.out_min}, {self.out_max}])'
-
-    channels = 1
-
-    @property
-    def spec(self) -> list[float]:
-        """The `[hu_min, hu_max, out_min, out_max]` that `parse_window` reads back (model configs)."""
-        return [self.hu_min, self.hu_max, self.out_min, self.out_max]
-
-    @classmethod
-    def parse(cls, spec: Any) -> Window:
-        """From `[lo, hi]`, `[lo, hi, out_lo, out_hi]` or a mapping with hu_min/hu_max/out_min/out_max."""
-        if isinstance(spec, Window):
-            return spec
-        if isinstance(spec, Mapping):
-            lo = _first(spec, ('hu_min', 'min', 'low', 'clip_min', 'a_min'))
-            hi = _first(spec, ('hu_max', 'max', 'high', 'clip_max', 'a_max'))
-            out = (
-                spec.get('out_range')
-                or spec.get('range')
-                or (
-                    _first(spec, ('out_min', 'b_min'), -1.0),
-                    _first(spec, ('out_max', 'b_max'), 1.0),
-                )
-            )
-            if lo is None or hi is None:
-                raise ValueError(f'Window must give hu_min and hu_max, not {dict(spec)!r}')
-            return cls(lo, hi, *out)
-        if isinstance(spec, Sequence) and len(spec) in (2, 4) and not isinstance(spec, str):
-            return cls(*[float(v) for v in spec])
-        raise ValueError(f'Window must be [hu_min, hu_max] or a mapping, not {spec!r}')
 
 
 class WindowStack:
@@ -120,23 +70,13 @@ def as_channels(array: np.ndarray) -> np.ndarray:
     return array[None] if array.ndim == 3 else array
 
 
-def _first(mapping: Mapping, keys: Sequence[str], default: Any = None) -> Any:
-    for key in keys:
-        if mapping.get(key) is not None:
-            return mapping[key]
-    return default
-
-
 def recipe_window(recipe: Mapping | None) -> Window | None:
     """The window a cache recipe asks for, or None when the recipe does not say."""
     if not recipe:
         return None
     if recipe.get('window_hu') is not None:
         return Window(*recipe['window_hu'], *(recipe.get('window_out') or (-1.0, 1.0)))
-    for key in ('window', 'intensity', 'normalization'):
-        if recipe.get(key) is not None:
-            return Window.parse(recipe[key])
-    return None
+    return Window.parse(recipe['window']) if recipe.get('window') is not None else None
 
 
 def recipe_crop(recipe: Mapping | None) -> tuple[int, int, int] | None:
@@ -221,10 +161,9 @@ def build_augment(spec: Mapping | None) -> Any:
         'blur': tio.RandomBlur,
         'anisotropy': tio.RandomAnisotropy,
     }
+    check_keys(spec, known, 'data.augment')
     transforms = []
     for name, kwargs in spec.items():
-        if name not in known:
-            raise ValueError(f'Augmentation must be one of {sorted(known)}, not {name!r}')
         if kwargs is False or kwargs is None:
             continue
         transforms.append(known[name](**(kwargs if isinstance(kwargs, Mapping) else {})))

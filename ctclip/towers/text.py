@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ctcommon.settings import check_keys
+
 _logger = logging.getLogger(__name__)
 
 SOURCES = ('minilm', 'hf', 'random')
@@ -53,10 +55,7 @@ class TextCfg:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TextCfg:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - valid)
-        if unknown:
-            raise ValueError(f'text_cfg keys {unknown} are not valid. Valid: {sorted(valid)}')
+        check_keys(cfg, [f.name for f in fields(cls)], 'text_cfg')
         out = cls(**cfg)
         if out.source not in SOURCES:
             raise ValueError(f"text_cfg.source must be one of {list(SOURCES)}, not '{out.source}'")

@@ -8,7 +8,6 @@ step and the settings that fix the data order; everything random in a run is a f
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ctcommon.atomic import atomic_path, write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, order: dict, keep: i
     if dist.is_initialized():
         dist.barrier()
     if engine.global_rank == 0:
-        tmp = ckpt_dir / f'.{LATEST}.tmp{os.getpid()}'
-        tmp.write_text(tag, encoding='utf-8')
-        os.replace(tmp, ckpt_dir / LATEST)
+        write_text(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep, tag)
     if dist.is_initialized():
         dist.barrier()
@@ -132,28 +131,27 @@ def export_model(
     leaves a half-written model behind.
     """
     rank = engine.global_rank
-    tmp = out_dir.with_name(f'.{out_dir.name}.tmp')
     if engine.zero_optimization_stage() == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             if rank == 0:
-                _save(module, tmp, out_dir, scalar_names)
+                _save(module, out_dir, scalar_names)
     elif rank == 0:
-        _save(module, tmp, out_dir, scalar_names)
+        _save(module, out_dir, scalar_names)
     if dist.is_initialized():
         dist.barrier()
     return out_dir
 
 
-def _save(module: Any, tmp: Path, out_dir: Path, scalar_names: tuple[str, ...]) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
+def _save(module: Any, out_dir: Path, scalar_names: tuple[str, ...]) -> None:
+    from ctclip.serialization import read_config
+
     state = {
         k: v.detach().clone().reshape(()) if k in scalar_names else v.detach().clone()
         for k, v in module.state_dict().items()
     }
-    module.save_pretrained(tmp, state_dict=state)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    # config.json is written last, so reading it back proves the folder complete
+    with atomic_path(out_dir, verify=read_config) as tmp:
+        module.save_pretrained(tmp, state_dict=state)
     _logger.info('Exported the model to %s', out_dir)

@@ -1,8 +1,4 @@
-"""Periodic validation during training: zero-shot and classifier-head AUROC on held-out patients.
-
-AUROC is computed here (rank statistic with tied ranks averaged) because ctclip must not import
-the downstream benchmarks package.
-"""
+"""Periodic validation during training: zero-shot and classifier-head AUROC on held-out patients."""
 
 from __future__ import annotations
 
@@ -16,29 +12,18 @@ import torch.distributed as dist
 
 from ctclip.data.dataset import collate
 from ctclip.data.sampling import shard
-from llm_labeling.schema import FINDINGS, ZERO_SHOT_TEMPLATES
+from ctclip.prompts import resolve_templates
+from ctcommon import metrics
+from llm_labeling.schema import FINDINGS
 
 _logger = logging.getLogger(__name__)
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve of binary labels (rows with label -1 are ignored); NaN if one class."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    keep = labels >= 0
-    labels, scores = labels[keep] > 0.5, scores[keep]
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float('nan')
-    order = np.argsort(scores, kind='mergesort')
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average the ranks of tied scores
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends, strict=False):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """AUROC of labels >= 0 (cut at 0.5; -1 and NaN rows are ignored); NaN with one class only."""
+    labels = np.asarray(labels, dtype=np.float64)
+    binary = np.where(labels >= 0, (labels > 0.5).astype(np.float64), np.nan)
+    return metrics.auroc(scores, binary)
 
 
 def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[float]]:
@@ -46,16 +31,6 @@ def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[flo
     per_class = [auroc(labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
     valid = [v for v in per_class if not np.isnan(v)]
     return (float(np.mean(valid)) if valid else float('nan')), per_class
-
-
-def _templates(name_or_pairs: Any) -> Any:
-    if isinstance(name_or_pairs, str):
-        if name_or_pairs not in ZERO_SHOT_TEMPLATES:
-            raise ValueError(
-                f'train.zero_shot_templates must be one of {sorted(ZERO_SHOT_TEMPLATES)}, not {name_or_pairs!r}'
-            )
-        return ZERO_SHOT_TEMPLATES[name_or_pairs]
-    return name_or_pairs
 
 
 @torch.no_grad()
@@ -138,7 +113,7 @@ def evaluate(
         index = np.concatenate([p['index'] for p in parts])
         labels = dataset.table.labels[index]
         scores = np.asarray(
-            zero_shot_scores(module, features, list(FINDINGS), _templates(templates))
+            zero_shot_scores(module, features, list(FINDINGS), resolve_templates(templates))
         )
         metrics: dict[str, float] = {}
         metrics['val/zero_shot_auroc'], per_class = macro_auroc(labels, scores)

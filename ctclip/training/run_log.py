@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from ctcommon.atomic import atomic_path, write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ def _truncate_after(path: Path, step: int) -> None:
         for line in path.read_text(encoding='utf-8').splitlines()
         if line.strip() and json.loads(line).get('step', 0) <= step
     ]
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(''.join(line + '\n' for line in keep), encoding='utf-8')
-    os.replace(tmp, path)
+    write_text(path, ''.join(line + '\n' for line in keep))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -131,8 +130,9 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
             ax.legend(fontsize=8)
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(f'.{out_png.stem}.tmp.png')
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=100, format='png')
+    finally:
+        plt.close(fig)
     return out_png

@@ -8,7 +8,6 @@ stage-1 model's probabilities as its labels (computed once, saved next to the ru
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch.distributed as dist
 
 from ctclip.data.dataset import collate
 from ctclip.data.sampling import shard
+from ctcommon.atomic import atomic_open
 
 _logger = logging.getLogger(__name__)
 
@@ -87,6 +87,18 @@ def predict_labels(
     return np.concatenate(out) if out else np.zeros((0, dataset.table.labels.shape[1]), np.float32)
 
 
+def _check_pseudo_labels(n_rows: int):
+    """A `verify` that re-reads the saved pseudo-labels: both arrays, one row per image."""
+
+    def verify(tmp: Path) -> None:
+        with np.load(tmp) as saved:
+            found = (len(saved['volume_id']), len(saved['probabilities']))
+        if found != (n_rows, n_rows):
+            raise OSError(f'{tmp}: wrote {found} rows of pseudo-labels, not {n_rows}')
+
+    return verify
+
+
 def attach_pseudo_labels(
     model: torch.nn.Module, dataset: Any, output_dir: Path, rank: int, world: int
 ) -> None:
@@ -105,9 +117,8 @@ def attach_pseudo_labels(
             rows = np.concatenate([p[0] for p in parts]).astype(np.int64)
             probs = np.concatenate([p[1] for p in parts]).astype(np.float32).reshape(-1, n_labels)
             ids = np.array([dataset.volume_ids[r] for r in rows], dtype=str)
-            tmp = path.with_name(f'.{path.stem}.tmp.npz')
-            np.savez(tmp, volume_id=ids, probabilities=probs)
-            os.replace(tmp, path)
+            with atomic_open(path, 'wb', verify=_check_pseudo_labels(len(rows))) as f:
+                np.savez(f, volume_id=ids, probabilities=probs)
             _logger.info(
                 'Pseudo-labelled %d unpaired images with the stage-1 model -> %s', len(rows), path
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,19 @@ from ctclip.data.builder import build_datasets
 from ctclip.data.dataset import collate
 from ctclip.data.sampling import StepSampler
 from ctclip.data.text import model_tokenizer
+from ctclip.distributed import init_distributed
 from ctclip.inference import input_window
 from ctclip.training import checkpoint as ckpt
-from ctclip.training import engine as eng
+from ctclip.training.batch import as_float, model_inputs, prompt_inputs, to_device
+from ctclip.training.deepspeed_config import deepspeed_config
 from ctclip.training.evaluation import evaluate
+from ctclip.training.optimizer import freeze_unused_text, lift_scalar_parameters, param_groups
+from ctclip.training.precision import has_batchnorm, uses_autocast, weight_dtype
 from ctclip.training.run_log import RunLogger, plot_curves
+from ctclip.training.schedule import lr_lambda, reseed
+from ctclip.training.settings import TrainConfig, train_config
 from ctclip.training.stages import attach_pseudo_labels, build_model
+from ctcommon.settings import to_mapping
 
 _logger = logging.getLogger(__name__)
 
@@ -36,41 +44,40 @@ class Interrupted(Exception):
 
 
 class Trainer:
-    def __init__(self, cfg: Mapping):
-        self.cfg = copy.deepcopy(dict(cfg))
-        train = self.cfg['train']
-        if not train.get('output_dir'):
+    def __init__(self, cfg: TrainConfig | Mapping):
+        self.cfg = train_config(cfg)  # a copy, validated before any work
+        train = self.cfg.train
+        if not train.output_dir:
             raise ValueError('train.output_dir must be set')
-        self.out = Path(train['output_dir'])
+        self.out = Path(train.output_dir)
         self.ckpt_dir = self.out / 'checkpoints'
-        self.seed = int(train['seed'])
-        self.rank, self.world, self.local_rank = eng.init_distributed()
+        self.seed = train.seed
+        self.rank, self.world, self.local_rank = init_distributed()
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(self.cfg, self.out / 'resolved_config.yaml')
+            dump_config(to_mapping(self.cfg), self.out / 'resolved_config.yaml')
         torch.manual_seed(self.seed)  # the same initial weights on every rank
-        model_cfg = self.cfg['model']
-        if self.cfg['data'].get('window'):  # data.window wins over the model config's own
-            overrides = {**(model_cfg.get('overrides') or {}), 'window': self.cfg['data']['window']}
-            model_cfg = {**model_cfg, 'overrides': overrides}
-        self.model = build_model(model_cfg, train.get('init_from'))
+        model_cfg = to_mapping(self.cfg.model)
+        if self.cfg.data.window:  # data.window wins over the model config's own
+            model_cfg['overrides'] = {**model_cfg['overrides'], 'window': self.cfg.data.window}
+        self.model = build_model(model_cfg, train.init_from)
         # Only the image goes channels-last: convolutions follow their input's layout, and the
         # weights must stay contiguous (DeepSpeed views them as flat bytes and flat buffers).
-        self.memory_format = torch.channels_last_3d if model_cfg.get('channels_last') else None
+        self.memory_format = torch.channels_last_3d if self.cfg.model.channels_last else None
         if torch.cuda.is_available():
-            torch.backends.cudnn.benchmark = bool(train.get('cudnn_benchmark', True))
-        if not self.cfg['data'].get('window') and self.model.config.get('window'):
+            torch.backends.cudnn.benchmark = train.cudnn_benchmark
+        if not self.cfg.data.window and self.model.config.get('window'):
             # the model config (or the stage-1 model stage 2 starts from) names its input window
-            self.cfg['data']['window'] = self.model.config['window']
+            self.cfg.data.window = self.model.config['window']
         self.train_ds, self.val_ds = build_datasets(
-            self.cfg['data'], model_tokenizer(self.model), self.seed
+            to_mapping(self.cfg.data), model_tokenizer(self.model), self.seed
         )
         self.model.config['window'] = input_window(self.model, self.train_ds.window).spec
-        if train.get('pseudo_labels'):
+        if train.pseudo_labels:
             self._barrier()
             attach_pseudo_labels(self.model, self.train_ds, self.out, self.rank, self.world)
-        self.accum = int(train['grad_accum'])
-        self.micro = int(self.cfg['data']['batch_size'])
+        self.accum = train.grad_accum
+        self.micro = self.cfg.data.batch_size
         self.total_steps = self._total_steps()
         self._init_deepspeed()
 
@@ -79,7 +86,7 @@ class Trainer:
         the image BCE sees: the paired training studies' (the same on every rank and on resume)."""
         from ctclip.losses import balanced_pos_weight
 
-        loss_cfg = dict(self.cfg['loss'])
+        loss_cfg = copy.deepcopy(self.cfg.loss)
         bce = loss_cfg.get('bce')
         if isinstance(bce, Mapping) and bce.get('pos_weight') == 'balanced':
             weights = balanced_pos_weight(self.train_ds.table.labels[self.train_ds.paired])
@@ -92,32 +99,30 @@ class Trainer:
             dist.barrier()
 
     def _total_steps(self) -> int:
-        train = self.cfg['train']
+        train = self.cfg.train
         global_batch = self.micro * self.accum * self.world
         per_epoch = len(self.train_ds) // global_batch
         if per_epoch < 1:
             raise ValueError(
                 f'{len(self.train_ds)} training volumes cannot fill one global batch of {global_batch}'
             )
-        if train.get('steps'):
-            return int(train['steps'])
-        if train.get('epochs'):
-            return int(math.ceil(float(train['epochs']) * per_epoch))
+        if train.steps:
+            return train.steps
+        if train.epochs:
+            return int(math.ceil(train.epochs * per_epoch))
         raise ValueError('train.steps or train.epochs must be set')
 
     def _init_deepspeed(self) -> None:
         import deepspeed
 
-        ds_json = eng.deepspeed_config(self.cfg, self.world, eng.has_batchnorm(self.model))
-        self.autocast = eng.uses_autocast(ds_json)
-        self.image_dtype = eng.weight_dtype(ds_json)
-        sched = self.cfg['schedule']
-        factor = eng.lr_lambda(
-            int(sched['warmup_steps']), self.total_steps, float(sched['min_lr_ratio'])
-        )
-        eng.freeze_unused_text(self.model, self.cfg['loss'])
-        groups = eng.param_groups(self.model, float(self.cfg['optim']['weight_decay']))
-        self.scalar_names = eng.lift_scalar_parameters(self.model)
+        ds_json = deepspeed_config(self.cfg, self.world, has_batchnorm(self.model))
+        self.autocast = uses_autocast(ds_json)
+        self.image_dtype = weight_dtype(ds_json)
+        sched = self.cfg.schedule
+        factor = lr_lambda(sched.warmup_steps, self.total_steps, sched.min_lr_ratio)
+        freeze_unused_text(self.model, self.cfg.loss)
+        groups = param_groups(self.model, self.cfg.optim.weight_decay)
+        self.scalar_names = lift_scalar_parameters(self.model)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model,
             model_parameters=groups,
@@ -132,9 +137,7 @@ class Trainer:
 
         self.loss_fn = create_loss(self._resolved_loss_cfg(), rank=self.rank, world_size=self.world)
         device = self.engine.device
-        self.prompts = {
-            k: v.to(device) for k, v in eng.prompt_inputs(self.loss_fn, self.model).items()
-        }
+        self.prompts = {k: v.to(device) for k, v in prompt_inputs(self.loss_fn, self.model).items()}
         self.order = {
             'seed': self.seed,
             'global_batch': self.micro * self.accum * self.world,
@@ -142,7 +145,7 @@ class Trainer:
             'total_steps': self.total_steps,
         }
         self.start_step = 0
-        if self.cfg['train'].get('resume', True):
+        if self.cfg.train.resume:
             self.start_step = ckpt.load_checkpoint(self.engine, self.ckpt_dir, self.order)
 
     def _loader(self) -> Iterator[dict]:
@@ -156,7 +159,7 @@ class Trainer:
             self.total_steps,
             self.start_step,
         )
-        workers = int(self.cfg['data'].get('num_workers') or 0)
+        workers = self.cfg.data.num_workers
         loader = torch.utils.data.DataLoader(
             self.train_ds,
             batch_sampler=sampler,
@@ -164,19 +167,17 @@ class Trainer:
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
-            prefetch_factor=int(self.cfg['data'].get('prefetch_factor', 2)) if workers else None,
+            prefetch_factor=self.cfg.data.prefetch_factor if workers else None,
         )
         return iter(loader)
 
     def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
-        eng.reseed(self.seed, step, micro, self.rank)
+        reseed(self.seed, step, micro, self.rank)
         device = self.engine.device
-        inputs = eng.model_inputs(
-            batch, self.cfg['loss'], device, self.image_dtype, self.memory_format
-        )
+        inputs = model_inputs(batch, self.cfg.loss, device, self.image_dtype, self.memory_format)
         inputs.update(self.prompts)
         outputs = self.engine(**inputs)
-        losses = self.loss_fn(eng.as_float(outputs), eng.to_device(batch, device))
+        losses = self.loss_fn(as_float(outputs), to_device(batch, device))
         self.engine.backward(losses['loss'])
         self.engine.step()
         return {
@@ -197,19 +198,13 @@ class Trainer:
         }
 
     def fit(self) -> Path:
-        train = self.cfg['train']
-        logger = RunLogger(
-            self.out,
-            self.rank,
-            self.total_steps,
-            self.start_step,
-            bool(train.get('progress', True)),
-        )
+        train = self.cfg.train
+        logger = RunLogger(self.out, self.rank, self.total_steps, self.start_step, train.progress)
         stop = ckpt.StopSignal().install()
-        stop_after = train.get('stop_after')
+        stop_after = train.stop_after
         last_saved, step = self.start_step, self.start_step
         try:
-            batches, timer = self._loader(), eng.StepTimer()
+            batches, timer = self._loader(), StepTimer()
             for step in range(self.start_step + 1, self.total_steps + 1):
                 sums: dict[str, torch.Tensor] = {}
                 for micro in range(self.accum):
@@ -222,11 +217,11 @@ class Trainer:
                 if self._want_eval(step):
                     logger.log(step, self.evaluate())
                 interrupt = stop.should_stop() or (
-                    stop_after and step - self.start_step >= int(stop_after)
+                    stop_after and step - self.start_step >= stop_after
                 )
-                if interrupt or step % int(train['ckpt_every']) == 0 or step == self.total_steps:
+                if interrupt or step % train.ckpt_every == 0 or step == self.total_steps:
                     path = ckpt.save_checkpoint(
-                        self.engine, self.ckpt_dir, step, self.order, int(train['keep_checkpoints'])
+                        self.engine, self.ckpt_dir, step, self.order, train.keep_checkpoints
                     )
                     last_saved = step
                 if interrupt:
@@ -237,7 +232,7 @@ class Trainer:
                     self.ckpt_dir,
                     self.total_steps,
                     self.order,
-                    int(train['keep_checkpoints']),
+                    train.keep_checkpoints,
                 )
             self.engine.module.config['recipe'] = self.train_ds.recipe
             final = ckpt.export_model(
@@ -250,8 +245,8 @@ class Trainer:
                 plot_curves(self.out / 'metrics.jsonl', self.out / 'training_curves.png')
         return final
 
-    def _log_step(self, logger: RunLogger, step: int, sums: dict, timer: eng.StepTimer) -> None:
-        every = int(self.cfg['train']['log_every'])
+    def _log_step(self, logger: RunLogger, step: int, sums: dict, timer: StepTimer) -> None:
+        every = self.cfg.train.log_every
         if step % every and step != self.total_steps:
             logger.advance()
             return
@@ -262,7 +257,7 @@ class Trainer:
         logger.log(step, values, advance=1)
 
     def _want_eval(self, step: int) -> bool:
-        every = int(self.cfg['train'].get('eval_every') or 0)
+        every = self.cfg.train.eval_every
         return (
             self.val_ds is not None
             and every > 0
@@ -275,10 +270,28 @@ class Trainer:
             self.val_ds,
             self.rank,
             self.world,
-            int(self.cfg['train']['eval_batch_size']),
-            self.cfg['train']['zero_shot_templates'],
+            self.cfg.train.eval_batch_size,
+            self.cfg.train.zero_shot_templates,
             self.autocast or self.image_dtype is not None,
         )
+
+
+class StepTimer:
+    """Wall time spent waiting for data versus computing, for the log and the loader benchmark."""
+
+    def __init__(self) -> None:
+        self.data = self.compute = 0.0
+        self._mark = time.perf_counter()
+
+    def lap(self, kind: str) -> None:
+        now = time.perf_counter()
+        setattr(self, kind, getattr(self, kind) + now - self._mark)
+        self._mark = now
+
+    def pop(self) -> dict[str, float]:
+        out = {'time/data_s': self.data, 'time/compute_s': self.compute}
+        self.data = self.compute = 0.0
+        return out
 
 
 def final_metrics(output_dir: str | Path) -> dict[str, Any]:

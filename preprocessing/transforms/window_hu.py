@@ -1,4 +1,4 @@
-"""TorchIO transform: the recipe's HU window, mapped linearly to the model's input range."""
+"""TorchIO transform: the recipe's HU window (`ctcommon.window`), mapped to the model's input range."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 import torchio as tio
+
+from ctcommon.window import Window
 
 
 class WindowHU(tio.IntensityTransform):
@@ -37,6 +39,7 @@ class WindowHU(tio.IntensityTransform):
         self.window = tuple(float(v) for v in window)
         self.out_range = tuple(float(v) for v in out_range)
         self.args_names = ['window', 'out_range']
+        self._window = Window(*self.window, *self.out_range)
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         for image in self.get_images(subject):
@@ -44,6 +47,4 @@ class WindowHU(tio.IntensityTransform):
         return subject
 
     def apply_window(self, tensor: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.window
-        a, b = self.out_range
-        return (tensor.float().clamp(lo, hi) - lo) / (hi - lo) * (b - a) + a
+        return self._window(tensor)

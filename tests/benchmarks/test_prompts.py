@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.prompts import class_phrases, resolve_templates
-from llm_labeling.schema import ZERO_SHOT_TEMPLATES
+from ctclip.prompts import ZERO_SHOT_TEMPLATES
 
 
 def test_names_pairs_and_ensembles():

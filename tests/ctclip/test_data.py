@@ -228,3 +228,13 @@ def test_missing_paths_and_empty_splits_are_clear_errors(cohort, tmp_path):
         build_datasets(
             {'cache': str(cohort['cache']), 'labels': str(tmp_path / 'labels.csv')}, None, 0
         )
+
+
+def test_a_misspelt_augmentation_names_the_closest():
+    from ctclip.data.transforms import build_augment
+
+    with pytest.raises(
+        ValueError, match="'data.augment.afine'.*did you mean 'data.augment.affine'"
+    ):
+        build_augment({'afine': {'degrees': 10}})
+    assert build_augment({'noise': {'std': 0.02}, 'flip': False}) is not None

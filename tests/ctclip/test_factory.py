@@ -92,7 +92,7 @@ def test_add_model_config_rejects_bad_files(tmp_path):
 
 def test_bad_config_values_fail_at_build_time_with_valid_choices():
     with pytest.raises(
-        ValueError, match=r"vision_cfg keys \['widht'\] are not valid for arch 'resnet3d'"
+        ValueError, match=r"Unknown setting 'vision_cfg.widht'.*Valid keys: block, "
     ):
         create_model('resnet3d-tiny-tinybert', vision_cfg={'widht': 3})
     with pytest.raises(ValueError, match="vision_cfg.arch must be one of .*'resnet3d'"):
@@ -105,5 +105,5 @@ def test_bad_config_values_fail_at_build_time_with_valid_choices():
         create_model('resnet3d-tiny-tinybert', head_cfg={'type': 'both'})
     with pytest.raises(ValueError, match='embed_dim must be a positive integer'):
         create_model('resnet3d-tiny-tinybert', embed_dim=0)
-    with pytest.raises(ValueError, match=r"model config keys \['embedding'\] are not valid"):
+    with pytest.raises(ValueError, match="Unknown setting 'embedding'.*did you mean 'embed_dim'"):
         create_model('resnet3d-tiny-tinybert', embedding=3)

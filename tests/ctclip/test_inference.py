@@ -13,10 +13,10 @@ from ctclip.inference import (
     embed_volumes,
     input_window,
     load_model,
-    parse_templates,
     zero_shot_scores,
 )
-from llm_labeling.schema import FINDINGS, ZERO_SHOT_TEMPLATES
+from ctclip.prompts import ZERO_SHOT_TEMPLATES, resolve_templates
+from llm_labeling.schema import FINDINGS
 
 CROP = (16, 32, 32)
 IDS = ['valid_1_a_1.nii.gz', 'valid_2_a_1.nii.gz', 'valid_3_a_2.nii.gz']
@@ -144,9 +144,9 @@ def test_zero_shot_templates_by_name_and_ensembles(model):
 
 def test_bad_templates_and_embeddings_fail_clearly(model):
     with pytest.raises(ValueError, match="Unknown template set 'nope'"):
-        parse_templates('nope')
+        resolve_templates('nope')
     with pytest.raises(ValueError, match='templates must be'):
-        parse_templates(('{c} yes', 'missing placeholder'))
+        resolve_templates(('{c} yes', 'missing placeholder'))
     with pytest.raises(ValueError, match=r'image_emb must be \[N, 64\]'):
         zero_shot_scores(model, np.zeros((2, 3), np.float32), ['Emphysema'])
     with pytest.raises(ValueError, match='ensemble must be one of'):

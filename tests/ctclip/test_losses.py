@@ -295,9 +295,11 @@ def test_combined_evidence_total_uses_entropy_weight():
 
 # ---- configuration ----------------------------------------------------------------------------
 def test_create_loss_validates_names_keys_and_choices():
-    with pytest.raises(ValueError, match="Unknown loss term 'klip'.*clip"):
+    with pytest.raises(ValueError, match="Unknown setting 'loss.klip'.*did you mean 'loss.clip'"):
         create_loss({'klip': 1.0})
-    with pytest.raises(ValueError, match=r"loss.bce keys \['wieght'\]"):
+    with pytest.raises(
+        ValueError, match="Unknown setting 'loss.bce.wieght'.*did you mean 'loss.bce.weight'"
+    ):
         create_loss({'bce': {'wieght': 1.0}})
     with pytest.raises(ValueError, match='uncertain must be one of'):
         create_loss({'bce': {'uncertain': 'maybe'}})
@@ -418,7 +420,7 @@ def test_prompt_loss_is_the_bce_of_the_benchmarks_zero_shot_score():
     from ctclip.factory import create_model
     from ctclip.inference import zero_shot_scores
     from ctclip.losses import PromptLoss
-    from ctclip.training.engine import prompt_inputs
+    from ctclip.training.batch import prompt_inputs
     from llm_labeling.schema import FINDINGS
 
     torch.manual_seed(0)
@@ -448,7 +450,7 @@ def test_prompt_loss_is_the_bce_of_the_benchmarks_zero_shot_score():
 
 
 def test_the_engine_feeds_exactly_the_inputs_of_the_active_terms():
-    from ctclip.training.engine import model_inputs
+    from ctclip.training.batch import model_inputs
 
     batch = {
         k: torch.zeros(2, 3)

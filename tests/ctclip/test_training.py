@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -12,14 +14,17 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from ctclip.config import configs_dir, load_config
+from ctclip.config import load_config
 from ctclip.training import train, with_defaults
 from ctclip.training.checkpoint import latest_tag
 from ctclip.training.evaluation import auroc, macro_auroc
 from ctclip.training.run_log import read_metrics
+from ctclip.training.settings import DataCfg
 from ctclip.training.stages import build_model
 from ctclip.training.trainer import Interrupted
+from ctcommon.settings import to_mapping
 from tests.ctclip.training_data import make_cohort
 
 TINY_MODEL = {
@@ -37,7 +42,7 @@ def cohort(tmp_path_factory):
 
 
 def config(cohort, out, stage='stage1-small.yaml', **sections):
-    cfg = load_config(configs_dir() / 'train' / stage)
+    cfg = load_config(f'train/{stage}')
     cfg['model'] = {
         **cfg['model'],
         **TINY_MODEL,
@@ -66,7 +71,7 @@ def config(cohort, out, stage='stage1-small.yaml', **sections):
     cfg['schedule']['warmup_steps'] = 2
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
-    return with_defaults(cfg)
+    return to_mapping(with_defaults(cfg))  # validated, as a mapping the tests may edit
 
 
 def losses(out):
@@ -106,6 +111,10 @@ def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path, caplog
     for name in ('metrics.jsonl', 'training_curves.png', 'resolved_config.yaml', 'tensorboard'):
         assert (run1 / name).exists(), name
     assert latest_tag(run1 / 'checkpoints') == 'step_00000006'
+    # the resolved config is the typed one: every key of every section, nothing else
+    resolved_cfg = yaml.safe_load((run1 / 'resolved_config.yaml').read_text(encoding='utf-8'))
+    assert resolved_cfg == to_mapping(with_defaults(resolved_cfg))
+    assert set(resolved_cfg['data']) == {f.name for f in dataclasses.fields(DataCfg)}
     assert [s for s, _ in losses(run1)] == [1, 2, 3, 4, 5, 6]
     cfg2 = config(
         cohort,
@@ -287,7 +296,8 @@ def test_data_window_stack_overrides_the_model_window_and_travels_to_stage_2(coh
 def test_bf16_means_bf16_weights_only_on_a_gpu_without_batchnorm(
     monkeypatch, cuda, batchnorm, json_name, want
 ):
-    from ctclip.training import engine as eng
+    from ctclip.training.deepspeed_config import deepspeed_config
+    from ctclip.training.precision import uses_autocast
 
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
     cfg = with_defaults(
@@ -296,22 +306,22 @@ def test_bf16_means_bf16_weights_only_on_a_gpu_without_batchnorm(
             'data': {'batch_size': 2},
         }
     )
-    out = eng.deepspeed_config(cfg, world_size=1, batchnorm=batchnorm)
+    out = deepspeed_config(cfg, world_size=1, batchnorm=batchnorm)
     assert bool(out.get('bf16', {}).get('enabled')) == (want == 'bf16')
-    assert eng.uses_autocast(out) == (want == 'autocast')
+    assert uses_autocast(out) == (want == 'autocast')
     # torch AdamW runs fused (one kernel for all tensors) exactly where CUDA is there
     assert out['optimizer']['params'].get('fused', False) == cuda
 
 
 def test_has_batchnorm_finds_the_resnet_norms():
-    from ctclip.training.engine import has_batchnorm
+    from ctclip.training.precision import has_batchnorm
 
     assert has_batchnorm(build_model(TINY_MODEL, None))
     assert not has_batchnorm(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))
 
 
 def test_channels_last_feeds_an_ndhwc_image_and_trains_like_ncdhw(cohort, tmp_path):
-    from ctclip.training import engine as eng
+    from ctclip.training.batch import model_inputs
     from ctclip.training.trainer import Trainer
 
     runs = {}
@@ -328,10 +338,50 @@ def test_channels_last_feeds_an_ndhwc_image_and_trains_like_ncdhw(cohort, tmp_pa
         }
         trainer = Trainer(cfg)
         batch = next(trainer._loader())
-        image = eng.model_inputs(
-            batch, cfg['loss'], torch.device('cpu'), None, trainer.memory_format
-        )['image']
+        image = model_inputs(batch, cfg['loss'], torch.device('cpu'), None, trainer.memory_format)[
+            'image'
+        ]
         assert image.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
         runs[channels_last] = [float(trainer._micro_step(batch, s, 0)['loss']) for s in range(2)]
     # the same arithmetic in another memory layout: equal up to float reassociation
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_a_misspelt_train_setting_fails_in_one_line_before_any_work(tmp_path, capsys):
+    from ctclip.cli import main
+
+    out = tmp_path / 'run'
+    argv = ['train', '--config', 'train/stage1-small', f'train.output_dir={out}']
+    assert main([*argv, 'train.ckpt_evry=10', 'data.batchsize=4']) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'train.ckpt_evry' in section 'train'; did you mean 'train.ckpt_every'?" in err
+    assert "'data.batchsize' in section 'data'; did you mean 'data.batch_size'?" in err
+    assert not out.exists(), 'nothing may be created before the settings are valid'
+    assert main([*argv, 'train.ckpt_evry=10']) == 2
+    assert 'Valid keys: ckpt_every,' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ('section', 'key', 'value', 'error', 'message'),
+    [
+        ('data', 'batch_size', 0, ValueError, 'data.batch_size must be a positive int, not 0'),
+        ('train', 'grad_accum', 1.5, TypeError, 'train.grad_accum must be a positive int'),
+        ('train', 'resume', 'yes', TypeError, "train.resume must be true or false, not 'yes'"),
+        ('optim', 'lr', 'fast', TypeError, "optim.lr must be a number, not 'fast'"),
+        ('deepspeed', 'zero_stage', 4, ValueError, 'deepspeed.zero_stage must be 0, 1, 2 or 3'),
+        ('schedule', 'min_lr_ratio', 2, ValueError, 'schedule.min_lr_ratio must be in [0, 1]'),
+        ('loss', 'clip', {'wieght': 1.0}, ValueError, "Unknown setting 'loss.clip.wieght'"),
+    ],
+)
+def test_train_settings_are_typed_and_checked(section, key, value, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        with_defaults({section: {key: value}})
+
+
+def test_train_settings_read_yaml_1_1_numbers_and_keep_the_default_loss():
+    cfg = with_defaults({'optim': {'lr': '1e-4'}, 'loss': {'clip': 1.0}})
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    # a config naming one term keeps the default bce beside it (merged, as before)
+    assert cfg.loss == {'bce': {'weight': 1.0}, 'clip': 1.0}
+    assert cfg.data.batch_size == 2 and cfg.train.ckpt_every == 100 and cfg.train.steps is None

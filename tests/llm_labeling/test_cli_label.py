@@ -53,7 +53,7 @@ def test_settings_errors_are_clear(tmp_path, ctrate_csv, capsys):
                 'openai',
             ]
         )
-    with pytest.raises(SystemExit, match='Unknown label setting'):
+    with pytest.raises(SystemExit, match="Unknown setting 'concurency'"):
         main(['label', '--reports', str(ctrate_csv), '--out-dir', str(tmp_path), 'concurency=2'])
     with pytest.raises(SystemExit, match='needs --pred, --gold and --out'):
         main(['label', 'eval', '--pred', 'x.csv'])

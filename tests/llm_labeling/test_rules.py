@@ -564,8 +564,15 @@ def test_load_manual_rejects_missing_columns(tmp_path):
 
 def test_errors_only_for_dev(capsys):
     with pytest.raises(SystemExit):
-        rules_cv.main(['--split', 'heldout', '--errors', 'Emphysema'])
+        rules_cv.main(['--manual', 'm.csv', '--split', 'heldout', '--errors', 'Emphysema'])
     assert 'only allowed with --split dev' in capsys.readouterr().err
+
+
+def test_manual_labels_path_is_a_required_flag(capsys):
+    """An installed package has no clone beside it to find the data in."""
+    with pytest.raises(SystemExit):
+        rules_cv.main(['--split', 'heldout'])
+    assert 'the following arguments are required: --manual' in capsys.readouterr().err
 
 
 def test_heldout_split_is_fixed():
@@ -644,7 +651,7 @@ def test_label_consistency_counts_mixed_groups(labeler):
 
 def test_consistency_only_for_dev(capsys):
     with pytest.raises(SystemExit):
-        rules_cv.main(['--split', 'heldout', '--consistency'])
+        rules_cv.main(['--manual', 'm.csv', '--split', 'heldout', '--consistency'])
     assert '--consistency is only allowed with --split dev' in capsys.readouterr().err
 
 
@@ -724,7 +731,7 @@ def test_load_adjudication_names_the_bad_line(tmp_path):
 
 def test_adjudication_only_for_dev(capsys):
     with pytest.raises(SystemExit):
-        rules_cv.main(['--split', 'heldout', '--adjudication'])
+        rules_cv.main(['--manual', 'm.csv', '--split', 'heldout', '--adjudication'])
     assert 'only allowed with --split dev' in capsys.readouterr().err
 
 

@@ -1,0 +1,68 @@
+"""From a collated batch to the model's inputs: only the towers the stage's loss needs run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+_logger = logging.getLogger(__name__)
+
+
+def prompt_inputs(loss_fn: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The `prompt` term's zero-shot prompts, tokenized once for the whole run ({} without it)."""
+    from llm_labeling.schema import FINDINGS
+
+    term = next((t for t in loss_fn.terms if t.name == 'prompt'), None)
+    if term is None:
+        return {}
+    tokens = model.tokenize(term.texts(list(FINDINGS)))
+    return {
+        'prompt_input_ids': tokens['input_ids'],
+        'prompt_attention_mask': tokens['attention_mask'],
+    }
+
+
+def model_inputs(
+    batch: Mapping,
+    loss_cfg: Mapping,
+    device: torch.device,
+    image_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> dict[str, torch.Tensor]:
+    """Only the towers a stage's loss needs run (stage 1 never touches the text tower).
+
+    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match; with
+    `model.channels_last` the image is laid out NDHWC and the convolutions follow it.
+    """
+    from ctclip.losses import active_term_names, uses_text
+
+    keys = ['image']
+    active = active_term_names(loss_cfg)
+    if uses_text(loss_cfg, active):
+        keys += ['input_ids', 'attention_mask']
+    if 'evidence' in active:
+        keys += ['evidence_input_ids', 'evidence_attention_mask']
+    out = {k: batch[k].to(device, non_blocking=True) for k in keys}
+    if image_dtype is not None:
+        out['image'] = out['image'].to(image_dtype)
+    if memory_format is not None:
+        out['image'] = out['image'].contiguous(memory_format=memory_format)
+    return out
+
+
+def to_device(batch: Mapping, device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def as_float(outputs: Mapping) -> dict[str, Any]:
+    """Losses run in fp32 even when the forward ran under bf16 autocast."""
+    return {
+        k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in outputs.items()
+    }
