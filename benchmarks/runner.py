@@ -148,15 +148,26 @@ class _NamedReads:
 
 
 def _open_cache(path: Path):
-    from preprocessing.cache import open_cache
+    from preprocessing.cache import CHECKSUM_SINCE, open_cache
     from preprocessing.errors import CacheCorruptError
 
     try:
-        return _NamedReads(open_cache(path))
+        cache = open_cache(path)
     except FileNotFoundError:
         raise
     except OSError as error:  # a truncated or non-HDF5 file: h5py does not say which
         raise CacheCorruptError(path, None, f'cannot open: {error}') from error
+    # every volume is read whole once, so checking its checksum costs one hash per volume
+    if cache.format_version >= CHECKSUM_SINCE:
+        cache.verify = True
+    else:
+        _logger.warning(
+            '%s has no checksums (cache format %d): its voxels are read unverified; rerun '
+            '`ctclip preprocess` into it to add them',
+            path,
+            cache.format_version,
+        )
+    return _NamedReads(cache)
 
 
 def embedding_store(cfg: dict, cache, window: object, out: Path) -> EmbeddingStore:

@@ -1,6 +1,6 @@
 """Benchmark settings: the defaults every `ctclip bench` task starts from, and their validation.
 
-`configs/bench/*.yaml` mirror these keys; a config is resolved (defaults < file < flags < dotted
+The packaged `bench/*` configs mirror these keys; a config is resolved (defaults < file < flags < dotted
 overrides) and then turned into the frozen option objects of the scoring layer here, so a bad
 value fails before any model is loaded.
 """

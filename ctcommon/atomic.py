@@ -96,6 +96,12 @@ def atomic_path(path: str | Path, verify: Callable[[Path], Any] | None = None) -
         if verify is not None:
             verify(tmp)
         commit(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if exc.filename is None and exc.errno is not None:
+            # writers such as savefig raise ENOSPC without a path: name the output it was for
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        raise
     except BaseException:
         _remove(tmp)
         raise

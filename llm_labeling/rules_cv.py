@@ -32,7 +32,7 @@ SPLITS = ('dev', 'heldout', 'heldout-unique', 'all')
 # The manual labels are binary. Uncertain mentions ("suspicious for", "cannot be excluded") were
 # marked positive by CT-RATE's annotators, so -1 scores as 1 against them.
 UNCERTAIN_AS = 1
-# Every dev error, read and put in one of three kinds (docs/labeling-rules.md, "Adjudication").
+# Every dev error, read and put in one of three kinds (docs/results.md, "Adjudication").
 ADJUDICATION = Path(__file__).with_name('dev_adjudication.csv')
 VERDICTS = ('gold_error', 'judgement', 'rule_error')
 

@@ -160,6 +160,7 @@ class VolumeCache:
             raise ValueError(
                 f'{str(self.path)!r} has cache format {version}; this code reads up to {FORMAT_VERSION}'
             )
+        self.format_version = version
         self.kind = _decode(f.attrs.get('kind', 'single'))
         self.recipe_hash = _decode(f.attrs.get('recipe_hash', ''))
         self._recipe_json = _decode(f.attrs.get('recipe', '{}'))

@@ -34,7 +34,7 @@ class QcSettings:
 
 @dataclass
 class PreprocessSettings:
-    """Everything a preprocess run reads (keys of `configs/preprocess/default.yaml`)."""
+    """Everything a preprocess run reads (keys of the packaged `preprocess/default`)."""
 
     input: str | None = None
     out: str | None = None

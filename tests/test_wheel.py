@@ -57,6 +57,8 @@ def _run(cmd: list, cwd: Path, venv: Path | None = None, timeout: float = 600) -
         env=_env(venv),
         capture_output=True,
         text=True,
+        encoding='utf-8',  # progress bars are UTF-8 whatever the locale (CI may have none)
+        errors='replace',
         timeout=timeout,
     )
     out = proc.stdout + proc.stderr

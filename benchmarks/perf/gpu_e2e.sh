@@ -21,9 +21,9 @@ DATA=("data.cache=$D/cache.h5" "data.labels=$D/labels.csv" "data.reports=$D/repo
   data.val_split=null data.num_workers=4)
 RUN=(train.steps="$S" train.epochs=null deepspeed.precision=bf16 train.progress=false
   train.ckpt_every=20 train.eval_every=0)
-"$PY" -m ctclip train --config configs/train/stage1-small.yaml "${DATA[@]}" "${TXT[@]}" "${RUN[@]}" \
+"$PY" -m ctclip train --config train/stage1-small "${DATA[@]}" "${TXT[@]}" "${RUN[@]}" \
   "train.output_dir=$D/s1"
-"$PY" -m ctclip train --config configs/train/stage2-clip-small.yaml "${DATA[@]}" "${TXT[@]}" "${RUN[@]}" \
+"$PY" -m ctclip train --config train/stage2-clip-small "${DATA[@]}" "${TXT[@]}" "${RUN[@]}" \
   "train.init_from=$D/s1/final" deepspeed.config=zero2 "train.output_dir=$D/s2"
 ls "$D/s1/final" "$D/s2/final" "$D/s2/checkpoints"
 tail -n 1 "$D/s1/metrics.jsonl" "$D/s2/metrics.jsonl"

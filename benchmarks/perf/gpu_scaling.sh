@@ -1,12 +1,12 @@
 #!/bin/bash
 # How the held-out AUROC of the stage-1 head grows with cohort size, steps and tower width: the
-# study behind "How far the demo is from 0.85" in docs/training.md. Meant for a GPU machine: it
+# study behind "How far the demo is from 0.85" in docs/results.md. Meant for a GPU machine: it
 # builds an N-scan synthetic cohort, then trains every variant at once, each its own process.
 #   bash benchmarks/perf/gpu_scaling.sh N 'NAME=OVERRIDES' ...
 #   bash benchmarks/perf/gpu_scaling.sh 1200 'tiny30=' \
 #     'wide40=train.epochs=40 model.overrides.vision_cfg.block_inplanes=[16,32,64,128]'
 # It prints val/head_auroc, the macro AUROC of each run's head on the held-out patients, scored
-# against the rules labels (the tables in docs/training.md were scored against the cohort's ground
+# against the rules labels (the tables in docs/results.md were scored against the cohort's ground
 # truth, which the rules labels match at macro F1 0.996). SCALING_DIR (/tmp/scaling), WORKERS (16)
 # and CTCLIP_TOKENIZER_DIR (see gpu_e2e.sh) can be set.
 set -euo pipefail
@@ -42,7 +42,7 @@ for spec in "$@"; do
   # environment (an allocation, a launcher) would make them join one group or share one port.
   # eval_every beyond the last step: one validation, at the end.
   env -u MASTER_PORT RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 \
-    "$PY" -m ctclip train --config configs/train/stage1-small.yaml "data.cache=$D/cache/ctrate.h5" \
+    "$PY" -m ctclip train --config train/stage1-small "data.cache=$D/cache/ctrate.h5" \
     "data.labels=$D/labels/labels.csv" "data.reports=$D/labels/reports.csv" data.num_workers=2 \
     "train.output_dir=$D/runs/$name" train.eval_every=1000000 train.progress=false "${TXT[@]}" \
     "${overrides[@]}" >"$D/runs/$name.log" 2>&1 &

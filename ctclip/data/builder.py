@@ -39,7 +39,6 @@ DATA_DEFAULTS: dict[str, Any] = {
     'max_length': 128,
     'max_evidence': 8,
     'evidence_length': 32,
-    'micro_batch_size': 2,
     'num_workers': 0,
     'augment': None,
     'max_val_volumes': None,

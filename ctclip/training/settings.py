@@ -98,8 +98,8 @@ class ModelCfg:
 class DataCfg:
     """The cache, labels and texts, and how they are split, paired, cropped and loaded.
 
-    The defaults are `ctclip.data.builder.DATA_DEFAULTS` plus the loader's own settings, less
-    `micro_batch_size`, which nothing read: `data.batch_size` is the micro-batch per process.
+    The defaults are `ctclip.data.builder.DATA_DEFAULTS` plus the loader's own settings;
+    `data.batch_size` is the micro-batch per process.
     """
 
     cache: str | None = None

@@ -18,7 +18,10 @@ PYPROJECT = Path(__file__).resolve().parents[2] / 'pyproject.toml'
 
 def _import_error(monkeypatch, module: str) -> ModuleNotFoundError:
     """The error a real `import` raises when `module` is not installed."""
-    monkeypatch.setitem(sys.modules, module.split('.')[0], None)
+    top = module.split('.')[0]
+    for name in [n for n in sys.modules if n.startswith(f'{top}.')]:  # imported by other tests
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, top, None)
     with pytest.raises(ModuleNotFoundError) as err:
         importlib.import_module(module)
     return err.value

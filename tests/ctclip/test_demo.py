@@ -82,7 +82,23 @@ def test_quick_demo_labels_and_reports_headlines(quick_demo):
         'zero-shot macro AUROC (ct-rate)',
         'zero-shot macro AUROC (rad-chestct)',
         'labeler macro F1 vs ground truth',
+        'grounding pointing game (model)',
+        'grounding pointing game (location_prior)',
+        'grounding pointing game (random)',
     }
+    # grounding: the held-out patients' set in ReXGroundingCT layout, scored with both baselines
+    held_out = json.loads((out / 'grounding' / 'dataset.json').read_text(encoding='utf-8'))
+    names = [item['name'] for item in held_out['val']]
+    assert list(held_out) == ['val'] and all(n.startswith('valid_') for n in names)
+    assert sorted(p.name for p in (out / 'grounding' / 'masks').iterdir()) == sorted(names)
+    grounding = metrics['grounding']
+    for arm in ('model', 'location_prior', 'random'):
+        assert set(grounding[arm]) == {
+            'global_dice', 'global_hit_rate', 'instance_precision', 'instance_recall',
+            'instance_f1', 'pointing_game',
+        }  # fmt: skip
+    prior, chance = grounding['location_prior'], grounding['random']
+    assert prior['pointing_game']['value'] > chance['pointing_game']['value']
     for name in ('ct-rate', 'rad-chestct'):
         auroc = metrics[f'bench_{name}']['headline']['mean AUROC']
         # A percentile interval need not contain the point estimate, but it is ordered in [0, 1].

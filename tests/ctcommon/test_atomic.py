@@ -28,6 +28,18 @@ def test_a_failing_writer_leaves_the_old_target_and_no_temp(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_an_os_error_without_a_path_is_given_the_output_path(tmp_path):
+    """savefig and friends raise ENOSPC with no file name; the one-line CLI error needs one."""
+    import errno
+
+    target = tmp_path / 'curves.png'
+    with pytest.raises(OSError) as caught:
+        with atomic.atomic_path(target):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert leftovers(tmp_path) == []
+
+
 def test_a_failed_verify_keeps_the_old_target(tmp_path):
     target = tmp_path / 'metrics.json'
     atomic.write_json(target, {'auroc': 0.8})

@@ -312,7 +312,7 @@ def test_asides_openers_negations_and_spellings(labeler, text, finding, expected
 @pytest.mark.parametrize(
     'text, finding, expected',
     [
-        # Rule errors found by adjudicating every dev error (docs/labeling-rules.md).
+        # Rule errors found by adjudicating every dev error (docs/results.md).
         (
             'Diaphragmatic hernia is observed at the level of the esophagogastric junction.',
             'Hiatal hernia',
@@ -614,7 +614,7 @@ def test_real_manual_reports_heldout(tmp_path):
     low, high = result['macro_f1_ci95']
     assert low <= result['macro_f1'] <= high
     per_class = {name: c['f1'] for name, c in result['per_class'].items()}
-    # Measured 2026-11-22 (see docs/labeling-rules.md); the issue's target is 0.97 / 0.90.
+    # Measured 2026-11-22 (see docs/results.md); the issue's target is 0.97 / 0.90.
     assert result['macro_f1'] >= HELDOUT_MACRO_FLOOR, result['macro_f1']
     assert min(per_class.values()) >= HELDOUT_CLASS_FLOOR, per_class
 
@@ -737,7 +737,7 @@ def test_adjudication_only_for_dev(capsys):
 
 def test_every_dev_error_is_adjudicated(tmp_path):
     """The shipped verdicts cover today's dev errors: a rule change that makes a new error must
-    adjudicate it, so the ceiling in docs/labeling-rules.md stays true."""
+    adjudicate it, so the ceiling in docs/results.md stays true."""
     path = shared_path('ctrate', 'manual_labels_train.csv')
     out = tmp_path / 'dev.json'
     args = ['--manual', str(path), '--split', 'dev', '--adjudication', '--bootstrap', '0']

@@ -196,6 +196,21 @@ def test_flipped_bytes_in_a_chunk_are_found_and_named(cache_path, capsys, damage
             open_cache(cache_path).read('vol1.nii.gz')
 
 
+def test_bench_reads_verify_checksums(cache_path, caplog):
+    """Bench reads each volume whole once, so it checks every checksum: damage that still
+    decodes stops the run naming the volume instead of scoring wrong voxels."""
+    from benchmarks.runner import _open_cache
+
+    np.testing.assert_array_equal(_open_cache(cache_path).read('vol1.nii.gz').array, _volume(1))
+    _flip(cache_path, 'vol1.nii.gz', 2, -100, 0x01)
+    with pytest.raises(CacheCorruptError, match="volume 'vol1.nii.gz': checksum mismatch"):
+        _open_cache(cache_path).read('vol1.nii.gz')
+    with h5py.File(cache_path, 'r+') as f:  # a format-1 cache: read, with a warning
+        f.attrs['format_version'] = 1
+    assert _open_cache(cache_path).read('vol0.nii.gz').array.shape == _volume(0).shape
+    assert 'has no checksums (cache format 1)' in caplog.text
+
+
 def test_a_cache_without_checksums_does_not_pass_verify(cache_path, capsys):
     with h5py.File(cache_path, 'r+') as f:  # what format_version 1 wrote
         f.attrs['format_version'] = 1

@@ -154,7 +154,10 @@ def test_label_job_serves_a_gguf_with_llama_cpp_on_its_node(slurm_cluster, tmp_p
     job = submit(
         'label.sbatch',
         ['--server-cmd', server, '--', '--reports', str(reports), '--out-dir', str(out), '--model', 'gemma',
-         '--concurrency', '2', 'max_tokens=300', 'max_reasks=0'],
+         '--concurrency', '2', 'max_tokens=300', 'max_reasks=0',
+         # a 270M model may not answer in the schema: the job's subject is serving it, so its
+         # failed reports are allowed (and checked below to be listed, never silently 0)
+         'failures.max_fraction=1'],
         ['--time=10', '--cpus-per-task=1'],
         tmp_path,
         env={'CTCLIP_LOG_DIR': tmp_path},
