@@ -66,18 +66,32 @@ def init_distributed() -> tuple[int, int, int]:
     os.environ.setdefault('WORLD_SIZE', str(info.world_size))
     os.environ.setdefault('LOCAL_RANK', str(info.local_rank))
     os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
-    if 'MASTER_PORT' not in os.environ:
-        if info.world_size > 1:
-            raise RuntimeError('MASTER_PORT must be set for a multi-process run (torchrun sets it)')
-        os.environ['MASTER_PORT'] = str(_free_port())
+    global _chosen_port
+    own_port = 'MASTER_PORT' not in os.environ or os.environ['MASTER_PORT'] == _chosen_port
+    if own_port and info.world_size > 1:
+        raise RuntimeError('MASTER_PORT must be set for a multi-process run (torchrun sets it)')
     if not dist.is_initialized():
         import deepspeed
 
         backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        for attempt in range(_PORT_TRIES):
+            if own_port:  # chosen right before the bind; another process can still take it
+                _chosen_port = os.environ['MASTER_PORT'] = str(_free_port())
+            try:
+                deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+                break
+            except _DistNetworkError as exc:
+                if not own_port or 'EADDRINUSE' not in str(exc) or attempt == _PORT_TRIES - 1:
+                    raise
+                _logger.warning('port %s was taken before the bind; trying another', _chosen_port)
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
     return dist.get_rank(), dist.get_world_size(), info.local_rank
+
+
+_PORT_TRIES = 5
+_chosen_port: str | None = None  # the MASTER_PORT this process picked for itself, if any
+_DistNetworkError = getattr(dist, 'DistNetworkError', RuntimeError)
 
 
 def _free_port() -> int:

@@ -106,3 +106,30 @@ def _evaluate_export(cfg: dict, final) -> dict[str, float]:
         model, val, batch_size=int(train_cfg['eval_batch_size']),
         templates=train_cfg['zero_shot_templates'],
     )  # fmt: skip
+
+
+_TAKEN_PORT = """
+import os, socket, sys
+import ctclip.distributed as d
+
+taken = socket.socket()
+taken.bind(('127.0.0.1', 0))
+taken.listen()
+busy = taken.getsockname()[1]
+ports = iter([busy, d._free_port()])
+d._free_port = lambda: next(ports)  # the first pick is taken before the bind, as another process can
+rank, world, local = d.init_distributed()
+print(rank, world, busy != int(os.environ['MASTER_PORT']))
+"""
+
+
+def test_a_lone_process_retries_when_its_port_is_taken_before_the_bind():
+    """A lone run picks its own MASTER_PORT; another process may bind it first (EADDRINUSE)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('MASTER_PORT', 'RANK', 'WORLD_SIZE')}
+    proc = subprocess.run(
+        [sys.executable, '-c', _TAKEN_PORT],
+        capture_output=True, text=True, encoding='utf-8', env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-3:] == ['0', '1', 'True'], proc.stdout
+    assert 'was taken before the bind' in proc.stderr
