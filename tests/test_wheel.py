@@ -36,12 +36,18 @@ _COPY_IGNORE = shutil.ignore_patterns(
 )  # fmt: skip
 
 
+# An in-process training test earlier in the session sets these in os.environ, and its process
+# group still holds MASTER_PORT: a user's shell has none of them.
+_DIST_VARIABLES = ('MASTER_PORT', 'MASTER_ADDR', 'RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+
+
 def _env(venv: Path | None = None) -> dict[str, str]:
     """No PYTHONPATH, no pip configuration of this machine, and the venv's bin first."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ('PYTHONPATH', 'VIRTUAL_ENV', 'PYTHONHOME') and not k.startswith('PIP_')
+        if k not in ('PYTHONPATH', 'VIRTUAL_ENV', 'PYTHONHOME') + _DIST_VARIABLES
+        and not k.startswith('PIP_')
     }
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK='1', PIP_NO_INPUT='1')
     if venv is not None:
