@@ -27,7 +27,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ctcommon.atomic import atomic_path
+from ctcommon.atomic import write_json
 from preprocessing.inverse import write_nifti
 
 _logger = logging.getLogger(__name__)
@@ -183,8 +183,4 @@ def write_dataset(path: str | Path, cases: Sequence[GroundingCase]) -> Path:
             **case.extra,
         }
         out.setdefault(case.split or 'test', []).append(item)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, verify=lambda tmp: json.loads(tmp.read_text(encoding='utf-8'))) as tmp:
-        tmp.write_text(json.dumps(out, indent=1), encoding='utf-8')
-    return path
+    return write_json(path, out, newline=False, indent=1)  # re-read before the rename
