@@ -163,7 +163,7 @@ def ground(
 
     import torch.nn.functional as F
 
-    from ctclip.data.transforms import as_channels, crop_start, pad_to
+    from ctclip.data.transforms import crop_start, model_input, pad_hu, pad_to
     from ctclip.inference import _device, _recipe_window, embed_texts, input_window
     from preprocessing import inverse
 
@@ -181,10 +181,10 @@ def ground(
     size = tuple(int(s) for s in recipe.crop_zyx)
     start = crop_start(hu.shape, size, None)
     crop = hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
-    x = as_channels(window(pad_to(np.asarray(crop), size, window.pad_value_hu)))
+    x = model_input(pad_to(np.asarray(crop), size, pad_hu(window)), window)
     device = _device(model)
     model.eval()
-    grid = model.encode_image_grid(torch.from_numpy(x[None]).to(device)).float()
+    grid = model.encode_image_grid(torch.from_numpy(x[None]).to(device), window.spec).float()
     if text_embeddings is None:
         text_embeddings = embed_texts(model, phrases)
     text = torch.as_tensor(np.asarray(text_embeddings, np.float32), device=device)

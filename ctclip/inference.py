@@ -70,11 +70,10 @@ def _recipe_window(recipe):
 
 
 @torch.inference_mode()
-def _embed_image_batch(model: CTClip, arrays: list[np.ndarray]) -> np.ndarray:
-    from ctclip.data.transforms import as_channels
-
-    batch = torch.from_numpy(np.stack([as_channels(a) for a in arrays])).to(_device(model))
-    return model.encode_image(batch)['image_features'].float().cpu().numpy()
+def _embed_image_batch(model: CTClip, arrays: list[np.ndarray], window: Any) -> np.ndarray:
+    """Embeddings of model inputs (`ctclip.data.transforms.model_input`: int16 HU or windowed)."""
+    batch = torch.from_numpy(np.stack(arrays)).to(_device(model))
+    return model.encode_image(batch, window.spec)['image_features'].float().cpu().numpy()
 
 
 def embed_volumes(
@@ -97,7 +96,7 @@ def embed_volumes(
     """
     from tqdm.auto import tqdm
 
-    from ctclip.data.transforms import read_window_crop
+    from ctclip.data.transforms import model_input, read_hu_crop
     from preprocessing.cache import open_cache
 
     if batch_size < 1:
@@ -114,14 +113,13 @@ def embed_volumes(
     model.eval()
     rows, pending = [], []
     for volume_id in tqdm(ids, desc='embed volumes', unit='vol', disable=not progress):
-        pending.append(
-            read_window_crop(cache, volume_id, cache.shape(volume_id), size, window, None)
-        )
+        hu = read_hu_crop(cache, volume_id, cache.shape(volume_id), size, window, None)
+        pending.append(model_input(hu, window))
         if len(pending) == batch_size:
-            rows.append(_embed_image_batch(model, pending))
+            rows.append(_embed_image_batch(model, pending, window))
             pending = []
     if pending:
-        rows.append(_embed_image_batch(model, pending))
+        rows.append(_embed_image_batch(model, pending, window))
     if not rows:
         return np.zeros((0, model.config['embed_dim']), np.float32)
     return np.concatenate(rows)
@@ -214,7 +212,7 @@ def classify_volume(
 
     The recipe is the argument, else the one saved in the model config, else li2025.
     """
-    from ctclip.data.transforms import crop_start, pad_to
+    from ctclip.data.transforms import crop_start, model_input, pad_hu, pad_to
 
     recipe = _resolve_recipe(recipe if recipe is not None else model.config.get('recipe'))
     if isinstance(path_or_array, np.ndarray):
@@ -230,8 +228,8 @@ def classify_volume(
     window, size = input_window(model, _recipe_window(recipe)), recipe.crop_zyx
     start = crop_start(hu.shape, size, None)
     crop = hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
-    volume = window(pad_to(np.asarray(crop), size, window.pad_value_hu))
-    emb = _embed_image_batch(model.eval(), [volume])
+    volume = model_input(pad_to(np.asarray(crop), size, pad_hu(window)), window)
+    emb = _embed_image_batch(model.eval(), [volume], window)
     scores = zero_shot_scores(model, emb, class_names, templates)[0]
     return {name: float(score) for name, score in zip(class_names, scores, strict=True)}
 

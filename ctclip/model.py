@@ -82,7 +82,7 @@ def _normalize_config(config: dict[str, Any]) -> dict[str, Any]:
         'evidence_cfg',
         'init_logit_scale',
         'recipe',
-        'window',  # the HU window(s) training used, one per input channel (ctclip.inference)
+        'window',  # the HU window(s), one per input channel: the model applies them (prepare_image)
     }
     check_keys(config, known)
     embed_dim = config.get('embed_dim')
@@ -145,6 +145,7 @@ class CTClip(nn.Module):
             self.prototypes = nn.Parameter(
                 torch.randn(evidence.num_prototypes, embed_dim) / math.sqrt(embed_dim)
             )
+        self.channels_last = False
         if self.config['vision_cfg'].get('grad_checkpointing'):
             self.visual.set_grad_checkpointing(True)
 
@@ -168,10 +169,39 @@ class CTClip(nn.Module):
             projected if self.config['head_cfg']['input'] == 'projected' else normalized
         )
 
-    def encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def set_channels_last(self, enable: bool = True) -> None:
+        """Lay the image out NDHWC after the window; the convolutions follow their input's layout
+        (the weights stay contiguous: DeepSpeed views them as flat buffers)."""
+        self.channels_last = enable
+
+    def prepare_image(self, image: torch.Tensor, window: Any = None) -> torch.Tensor:
+        """The model's first operation: an integer image is HU [B, 1, D, H, W] and gets the HU
+        window here, on the model's device (the loader ships int16: half the bytes of float32 and
+        no float work on the host); a floating-point image is taken as already windowed.
+
+        `window` overrides the config's (`window`, one per input channel).
+        """
         if image.ndim != 5:
             raise ValueError(f'image must be [B, C, D, H, W], not shape {list(image.shape)}')
-        pooled, tokens = self.visual(image)
+        if not image.is_floating_point():
+            from ctclip.data.transforms import parse_window, window_batch
+
+            spec = window if window is not None else self.config.get('window')
+            if spec is None:
+                raise ValueError(
+                    f'image must be windowed floats or come with a window: it is {image.dtype} HU '
+                    'and the model config names no window (pass window=)'
+                )
+            image = window_batch(parse_window(spec), image)
+        dtype = self.image_proj.weight.dtype  # bf16 where DeepSpeed holds bf16 weights
+        if image.dtype != dtype:
+            image = image.to(dtype)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return image
+
+    def encode_image(self, image: torch.Tensor, window: Any = None) -> dict[str, torch.Tensor]:
+        pooled, tokens = self.visual(self.prepare_image(image, window))
         projected = self.image_proj(pooled)
         features = F.normalize(projected, dim=-1)
         out = {
@@ -182,12 +212,10 @@ class CTClip(nn.Module):
             out['image_logits'] = self._head(projected, features)
         return out
 
-    def encode_image_grid(self, image: torch.Tensor) -> torch.Tensor:
+    def encode_image_grid(self, image: torch.Tensor, window: Any = None) -> torch.Tensor:
         """L2-normalised spatial tokens in the joint space as a grid [B, E, d, h, w]: the same
         tokens as `image_tokens`, placed where they sit in the input (phrase grounding)."""
-        if image.ndim != 5:
-            raise ValueError(f'image must be [B, C, D, H, W], not shape {list(image.shape)}')
-        grid = self.visual.forward_grid(image)
+        grid = self.visual.forward_grid(self.prepare_image(image, window))
         tokens = self.image_proj(grid.movedim(1, -1))
         return F.normalize(tokens, dim=-1).movedim(-1, 1)
 

@@ -109,7 +109,7 @@ def measure(cfg: dict, tag: str, warmup: int, steps: int, loader_row: bool = Tru
     for _ in range(3):
         engine_step()
     peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    bare = BareLoop(cfg, torch.device('cuda'), bf16=True, memory_format=trainer.memory_format)
+    bare = BareLoop(cfg, torch.device('cuda'), bf16=True, channels_last=trainer.model.channels_last)
     flops = step_flops(bare, fixed)
     bare_step = synced(lambda: bare.step(fixed))
     t_engine, t_bare = interleaved(engine_step, bare_step, steps, warmup)

@@ -106,7 +106,9 @@ class BareLoop:
     user trains in bf16.
     """
 
-    def __init__(self, cfg: dict, device=None, bf16: bool = False, memory_format=None) -> None:
+    def __init__(
+        self, cfg: dict, device=None, bf16: bool = False, channels_last: bool = False
+    ) -> None:
         import torch
 
         from ctclip.losses import create_loss
@@ -115,8 +117,9 @@ class BareLoop:
 
         torch.manual_seed(0)
         self.device = device or torch.device('cpu')
-        self.bf16, self.memory_format = bf16, memory_format
+        self.bf16 = bf16
         self.model = build_model(cfg['model'], None).to(self.device)
+        self.model.set_channels_last(channels_last)
         o = cfg['optim']
         self.opt = torch.optim.AdamW(
             param_groups(self.model, o['weight_decay']),
@@ -135,7 +138,7 @@ class BareLoop:
 
         from ctclip.training.batch import as_float, model_inputs, to_device
 
-        inputs = model_inputs(batch, self.loss_cfg, self.device, memory_format=self.memory_format)
+        inputs = model_inputs(batch, self.loss_cfg, self.device)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             outputs = self.model(**inputs)
         loss = self.loss_fn(as_float(outputs), to_device(batch, self.device))['loss']

@@ -16,7 +16,7 @@ import torch
 
 from ctclip.data.sampling import sample_rng
 from ctclip.data.text import TextTable
-from ctclip.data.transforms import AnyWindow, read_window_crop
+from ctclip.data.transforms import AnyWindow, as_channels, model_input, read_hu_crop
 
 _logger = logging.getLogger(__name__)
 
@@ -94,10 +94,11 @@ class CTVolumeDataset(torch.utils.data.Dataset):
         return self._cache
 
     def image(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
-        """The windowed [C, D, H, W] crop of one volume (C: the number of windows)."""
+        """The crop of one volume as int16 HU [1, D, H, W], windowed by the model on its device;
+        with `augment` (TorchIO works on the windowed float image) float32 [C, D, H, W]."""
         volume_id = self.volume_ids[index]
         try:
-            array = read_window_crop(
+            hu = read_hu_crop(
                 self.cache, volume_id, self.shapes[index], self.crop, self.window, rng
             )
         except KeyError as error:
@@ -108,11 +109,11 @@ class CTVolumeDataset(torch.utils.data.Dataset):
             from preprocessing.errors import CacheCorruptError
 
             raise CacheCorruptError(self.cache_path, volume_id, f'cannot read: {error}') from error
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.augment is not None and rng is not None:
-            torch.manual_seed(int(rng.integers(2**31)))
-            tensor = self.augment(tensor)
-        return tensor
+        if self.augment is None or rng is None:
+            return torch.from_numpy(np.ascontiguousarray(model_input(hu, self.window)))
+        tensor = torch.from_numpy(np.ascontiguousarray(as_channels(self.window(hu))))
+        torch.manual_seed(int(rng.integers(2**31)))
+        return self.augment(tensor)
 
     def text_row(self, index: int, epoch: int) -> int:
         """Row whose report fills the text slot: the study itself, another unpaired one, or -1."""

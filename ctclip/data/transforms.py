@@ -128,7 +128,12 @@ def pad_to(array: np.ndarray, size: Sequence[int], value: float) -> np.ndarray:
     return np.pad(array, pads, mode='constant', constant_values=value)
 
 
-def read_window_crop(
+def pad_hu(window: AnyWindow) -> int:
+    """Air as an int16 HU value at or below every window's start, so it windows to the lower end."""
+    return int(np.clip(np.floor(window.pad_value_hu), -32768, 32767))
+
+
+def read_hu_crop(
     cache: Any,
     volume_id: str,
     shape: Sequence[int],
@@ -136,12 +141,33 @@ def read_window_crop(
     window: AnyWindow,
     rng: np.random.Generator | None,
 ) -> np.ndarray:
-    """Read only the crop from the cache, pad small volumes with air, window to float32 [C, D, H, W]."""
+    """Read only the crop from the cache and pad small volumes with air: int16 HU [D, H, W]."""
     start = crop_start(shape, size, rng)
     read_size = tuple(min(int(d), int(s)) for d, s in zip(shape, size, strict=False))
     hu = np.asarray(cache.read_crop(volume_id, start, read_size))
-    hu = pad_to(hu, size, window.pad_value_hu)
+    return pad_to(hu, size, pad_hu(window))
+
+
+def model_input(hu: np.ndarray, window: AnyWindow) -> np.ndarray:
+    """What the model takes for one crop: int16 HU stays int16 [1, D, H, W] and the model windows
+    it on its own device (`CTClip.prepare_image`, half the bytes of float32 through the loader and
+    the host-to-device copy); HU of any other dtype is windowed here to float32 [C, D, H, W]."""
+    if hu.dtype == np.int16:
+        return hu[None]
     return as_channels(window(hu))
+
+
+def window_batch(window: AnyWindow, hu: Any) -> Any:
+    """Window an HU batch [B, 1, D, H, W] (torch) into the model's input [B, C, D, H, W] float32:
+    one channel per window of a stack. The same float32 math as `Window.__call__` on the host."""
+    import torch
+
+    if hu.ndim != 5 or hu.shape[1] != 1:
+        raise ValueError(f'an HU image must be [B, 1, D, H, W], not shape {list(hu.shape)}')
+    windows = window.windows if isinstance(window, WindowStack) else [window]
+    if len(windows) == 1:
+        return windows[0](hu)
+    return torch.cat([w(hu) for w in windows], dim=1)
 
 
 def build_augment(spec: Mapping | None) -> Any:

@@ -26,16 +26,12 @@ def prompt_inputs(loss_fn: Any, model: torch.nn.Module) -> dict[str, torch.Tenso
 
 
 def model_inputs(
-    batch: Mapping,
-    loss_cfg: Mapping,
-    device: torch.device,
-    image_dtype: torch.dtype | None = None,
-    memory_format: torch.memory_format | None = None,
+    batch: Mapping, loss_cfg: Mapping, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Only the towers a stage's loss needs run (stage 1 never touches the text tower).
 
-    With DeepSpeed's own bf16 (GPU) the weights are bf16, so the image is cast to match; with
-    `model.channels_last` the image is laid out NDHWC and the convolutions follow it.
+    The image goes as it comes (int16 HU from the loader, pinned where CUDA is): the model windows
+    it, casts it to its weights' dtype and lays it out (`CTClip.prepare_image`) on the device.
     """
     from ctclip.losses import active_term_names, uses_text
 
@@ -45,12 +41,7 @@ def model_inputs(
         keys += ['input_ids', 'attention_mask']
     if 'evidence' in active:
         keys += ['evidence_input_ids', 'evidence_attention_mask']
-    out = {k: batch[k].to(device, non_blocking=True) for k in keys}
-    if image_dtype is not None:
-        out['image'] = out['image'].to(image_dtype)
-    if memory_format is not None:
-        out['image'] = out['image'].contiguous(memory_format=memory_format)
-    return out
+    return {k: batch[k].to(device, non_blocking=True) for k in keys}
 
 
 def to_device(batch: Mapping, device: torch.device) -> dict[str, Any]:

@@ -7,6 +7,7 @@ step and the settings that fix the data order; everything random in a run is a f
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
@@ -22,6 +23,7 @@ _logger = logging.getLogger(__name__)
 
 LATEST = 'latest'
 TAG_PREFIX = 'step_'
+STAGE_FILE = 'ctclip_zero.json'  # the ZeRO stage a checkpoint's optimizer state was written with
 # Settings that must not change across a resume: they define which samples each step sees.
 ORDER_KEYS = ('seed', 'global_batch', 'train_size', 'total_steps')
 
@@ -35,6 +37,22 @@ def latest_tag(ckpt_dir: str | Path) -> str | None:
     return tag if tag and (Path(ckpt_dir) / tag).is_dir() else None
 
 
+def checkpoint_zero_stage(ckpt_dir: str | Path) -> int | None:
+    """The ZeRO stage the latest checkpoint was written with (its optimizer state only loads
+    into an engine of that stage), or None when there is nothing to resume.
+
+    Checkpoints from before `STAGE_FILE` existed: ZeRO shard files mean some stage >= 1, which
+    this cannot tell apart, so it answers -1 (keep whatever the config asks for).
+    """
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    folder = Path(ckpt_dir) / tag
+    if (folder / STAGE_FILE).is_file():
+        return int(json.loads((folder / STAGE_FILE).read_text(encoding='utf-8'))['zero_stage'])
+    return -1 if any(folder.glob('*zero_pp_rank_*')) else 0
+
+
 def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, order: dict, keep: int = 2) -> Path:
     """Collective: every rank writes its shards; `latest` moves only after all of them finished."""
     tag = f'{TAG_PREFIX}{step:08d}'
@@ -43,6 +61,8 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, step: int, order: dict, keep: i
     if dist.is_initialized():
         dist.barrier()
     if engine.global_rank == 0:
+        stage = {'zero_stage': int(engine.zero_optimization_stage())}
+        write_text(ckpt_dir / tag / STAGE_FILE, json.dumps(stage))
         write_text(ckpt_dir / LATEST, tag)
         _prune(ckpt_dir, keep, tag)
     if dist.is_initialized():

@@ -57,7 +57,29 @@ def load_deepspeed_json(spec: Any) -> dict:
     return json.loads(packaged_text(f'deepspeed/{name}'))
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, batchnorm: bool = False) -> dict:
+def one_rank_stage(out: Mapping, explicit: int | None, resume_stage: int | None) -> int:
+    """The ZeRO stage for a run on one rank.
+
+    ZeRO shards optimizer state, gradients and weights across ranks; one rank has nothing to
+    shard, and stages 1-3 only add host work per step (ZeRO-2 ran at 0.71 of a bare loop on an
+    H100, ZeRO-0 at 0.93: benchmarks/perf/RESULTS.md). So stage 0 wins, except where the stage
+    is asked for by name (`deepspeed.zero_stage`), where the JSON offloads to CPU or NVMe (which
+    needs ZeRO), or where the checkpoint being resumed holds another stage's optimizer state.
+    """
+    zero = out.get('zero_optimization') or {}
+    stage = int(zero.get('stage', 0))
+    if explicit is not None or stage == 0:
+        return stage
+    if zero.get('offload_optimizer') or zero.get('offload_param'):
+        return stage
+    if resume_stage is not None and resume_stage != 0:
+        return stage if resume_stage < 0 else resume_stage
+    return 0
+
+
+def deepspeed_config(
+    cfg: TrainConfig, world_size: int, batchnorm: bool = False, resume_stage: int | None = None
+) -> dict:
     """The DeepSpeed JSON with batch sizes, optimizer, clipping and precision filled from the run config.
 
     `bf16` means DeepSpeed's bf16 weights on a GPU, except for models with BatchNorm (the 3D
@@ -86,6 +108,18 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, batchnorm: bool = False)
             params.setdefault('fused', True)
     if ds_cfg.zero_stage is not None:
         out.setdefault('zero_optimization', {})['stage'] = ds_cfg.zero_stage
+    if world_size == 1:
+        asked = int((out.get('zero_optimization') or {}).get('stage', 0))
+        stage = one_rank_stage(out, ds_cfg.zero_stage, resume_stage)
+        if stage != asked:
+            _logger.info(
+                'One rank: ZeRO-%d shards nothing, so this run uses ZeRO-%d '
+                '(deepspeed.zero_stage=%d keeps it)',
+                asked,
+                stage,
+                asked,
+            )
+            out['zero_optimization'] = {'stage': stage}
     precision = ds_cfg.precision
     if precision not in PRECISIONS:
         raise ValueError(f'deepspeed.precision must be one of {PRECISIONS}, not {precision!r}')

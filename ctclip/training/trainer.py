@@ -61,9 +61,7 @@ class Trainer:
         if self.cfg.data.window:  # data.window wins over the model config's own
             model_cfg['overrides'] = {**model_cfg['overrides'], 'window': self.cfg.data.window}
         self.model = build_model(model_cfg, train.init_from)
-        # Only the image goes channels-last: convolutions follow their input's layout, and the
-        # weights must stay contiguous (DeepSpeed views them as flat bytes and flat buffers).
-        self.memory_format = torch.channels_last_3d if self.cfg.model.channels_last else None
+        self.model.set_channels_last(self.cfg.model.channels_last)
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = train.cudnn_benchmark
         if not self.cfg.data.window and self.model.config.get('window'):
@@ -115,9 +113,10 @@ class Trainer:
     def _init_deepspeed(self) -> None:
         import deepspeed
 
-        ds_json = deepspeed_config(self.cfg, self.world, has_batchnorm(self.model))
+        resume_stage = ckpt.checkpoint_zero_stage(self.ckpt_dir) if self.cfg.train.resume else None
+        ds_json = deepspeed_config(self.cfg, self.world, has_batchnorm(self.model), resume_stage)
         self.autocast = uses_autocast(ds_json)
-        self.image_dtype = weight_dtype(ds_json)
+        self.bf16_weights = weight_dtype(ds_json) is not None
         sched = self.cfg.schedule
         factor = lr_lambda(sched.warmup_steps, self.total_steps, sched.min_lr_ratio)
         freeze_unused_text(self.model, self.cfg.loss)
@@ -174,7 +173,7 @@ class Trainer:
     def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
         reseed(self.seed, step, micro, self.rank)
         device = self.engine.device
-        inputs = model_inputs(batch, self.cfg.loss, device, self.image_dtype, self.memory_format)
+        inputs = model_inputs(batch, self.cfg.loss, device)
         inputs.update(self.prompts)
         outputs = self.engine(**inputs)
         losses = self.loss_fn(as_float(outputs), to_device(batch, device))
@@ -272,7 +271,7 @@ class Trainer:
             self.world,
             self.cfg.train.eval_batch_size,
             self.cfg.train.zero_shot_templates,
-            self.autocast or self.image_dtype is not None,
+            self.autocast or self.bf16_weights,
         )
 
 

@@ -66,7 +66,8 @@ class BrightnessGrid:
     def __init__(self, model):
         self.model = model
 
-    def __call__(self, x):
+    def __call__(self, x, window=None):
+        x = self.model.prepare_image(x, window)  # int16 HU in, as the model's own first op
         dense = ((x[:, :1] - 0.8) / 0.2).clamp(0, 1)  # the [-1000, 200] window: 100 HU -> 0.83
         t = torch.nn.functional.avg_pool3d(dense, 2)
         return torch.nn.functional.normalize(torch.cat([t, 1 - t], 1), dim=1)

@@ -18,6 +18,7 @@ from ctclip.data.transforms import (
     parse_window,
     recipe_crop,
     recipe_window,
+    window_batch,
 )
 from llm_labeling.schema import FINDINGS
 from tests.ctclip.training_data import CROP_ZYX, make_cohort
@@ -72,10 +73,17 @@ def test_a_window_stack_gives_multi_channel_crops(cohort):
     train, val = build_datasets({**cohort, 'window': stack}, None, seed=0)
     single, _ = build_datasets(cohort, None, seed=0)
     rng = np.random.default_rng(3)
-    x = val.image(0, None)
-    assert x.shape == (2, *CROP_ZYX) and single.image(0, None).shape == (1, *CROP_ZYX)
+    hu = val.image(0, None)  # int16 HU, one channel: the model makes the two
+    assert hu.shape == (1, *CROP_ZYX) and hu.dtype == torch.int16
+    assert torch.equal(train.image(0, None), single.image(0, None))  # the window is the model's
+    x = window_batch(val.window, hu[None])[0]
+    assert x.shape == (2, *CROP_ZYX) and x.dtype == torch.float32
+    # on the device, bit for bit the host's float32 window of the same crop
+    np.testing.assert_array_equal(x.numpy(), val.window(hu[0].numpy()))
     assert train.window.spec == [[-1000.0, 200.0, -1.0, 1.0], [-160.0, 240.0, -1.0, 1.0]]
-    assert train.image(1, rng).shape == (2, *CROP_ZYX)
+    assert train.image(1, rng).shape == (1, *CROP_ZYX)
+    with pytest.raises(ValueError, match=r'must be \[B, 1, D, H, W\]'):
+        window_batch(val.window, x[None])
 
 
 def test_recipe_window_and_crop_from_cache_recipe():
@@ -174,8 +182,8 @@ def test_dataset_rows_follow_the_batch_contract(cohort):
     train, val = build_datasets(cfg, fake_tokenize, seed=0)
     assert len(train) == 12 and len(val) == 4 and train.crop == CROP_ZYX
     batch = collate([train[(0, i)] for i in range(len(train))])
-    assert batch['image'].shape == (12, 1, *CROP_ZYX) and batch['image'].dtype == torch.float32
-    assert batch['image'].min() >= -1 and batch['image'].max() <= 1
+    assert batch['image'].shape == (12, 1, *CROP_ZYX) and batch['image'].dtype == torch.int16
+    assert batch['image'].min() >= -1024 and batch['image'].max() > 0  # HU, not windowed
     assert batch['input_ids'].shape == (12, 40) and batch['evidence_input_ids'].shape == (12, 4, 16)
     assert batch['image_labels'].shape == batch['text_labels'].shape == (12, 18)
     paired = batch['paired'].numpy()

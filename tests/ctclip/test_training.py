@@ -157,13 +157,14 @@ def reference(cohort, tmp_path_factory):
     return out
 
 
-def resume_config(cohort, out, **train_cfg):
+def resume_config(cohort, out, zero_stage=2, **train_cfg):
+    """ZeRO-2 by name: on one rank the `zero2` preset alone would run as ZeRO-0."""
     return config(
         cohort,
         out,
         'stage2-clip-small.yaml',
         loss={'bce': 0.5, 'clip': 1.0},
-        deepspeed={'config': 'zero2'},
+        deepspeed={'config': 'zero2', 'zero_stage': zero_stage},
         train={'ckpt_every': 2, **train_cfg},
     )
 
@@ -204,6 +205,43 @@ def test_sigusr1_checkpoints_exits_and_resumes_exactly(cohort, reference, tmp_pa
     np.testing.assert_allclose(losses(tmp_path), losses(reference), rtol=1e-6, atol=1e-7)
 
 
+def test_one_rank_runs_zero0_unless_a_resumed_checkpoint_holds_another_stage(
+    cohort, reference, tmp_path
+):
+    from ctclip.training.checkpoint import checkpoint_zero_stage
+    from ctclip.training.trainer import Trainer
+
+    assert (
+        Trainer(resume_config(cohort, tmp_path / 'fresh', None)).engine.zero_optimization_stage()
+        == 0
+    )
+    with pytest.raises(Interrupted):  # a ZeRO-2 run (asked for by name) stops at step 2
+        train(resume_config(cohort, tmp_path, stop_after=2))
+    assert checkpoint_zero_stage(tmp_path / 'checkpoints') == 2
+    resumed = Trainer(resume_config(cohort, tmp_path, None))  # the preset alone, as users run it
+    assert resumed.engine.zero_optimization_stage() == 2 and resumed.start_step == 2
+    train(resume_config(cohort, tmp_path, None))
+    np.testing.assert_allclose(losses(tmp_path), losses(reference), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    'zero, explicit, resume, stage',
+    [
+        ({'stage': 2}, None, None, 0),  # nothing to shard on one rank
+        ({'stage': 3}, None, 0, 0),  # resuming a ZeRO-0 checkpoint
+        ({'stage': 2}, 2, None, 2),  # asked for by name
+        ({'stage': 1}, None, 2, 2),  # the checkpoint's optimizer state is ZeRO-2's
+        ({'stage': 2}, None, -1, 2),  # an older checkpoint of some stage >= 1: keep the config's
+        ({'stage': 3, 'offload_param': {'device': 'cpu'}}, None, None, 3),  # offload needs ZeRO
+        ({'stage': 0}, None, None, 0),
+    ],
+)
+def test_one_rank_stage_rules(zero, explicit, resume, stage):
+    from ctclip.training.deepspeed_config import one_rank_stage
+
+    assert one_rank_stage({'zero_optimization': zero}, explicit, resume) == stage
+
+
 def test_resume_refuses_a_changed_data_order(cohort, reference, tmp_path):
     with pytest.raises(Interrupted):
         train(resume_config(cohort, tmp_path, stop_after=2))
@@ -217,7 +255,7 @@ def test_zero3_bf16_autocast_exports_one_consolidated_model(cohort, tmp_path):
     cfg = config(
         cohort,
         tmp_path,
-        deepspeed={'config': 'zero3', 'precision': 'bf16-autocast'},
+        deepspeed={'config': 'zero3', 'zero_stage': 3, 'precision': 'bf16-autocast'},
         train={'steps': 2, 'eval_every': 2},
     )
     final = train(cfg)
@@ -321,7 +359,6 @@ def test_has_batchnorm_finds_the_resnet_norms():
 
 
 def test_channels_last_feeds_an_ndhwc_image_and_trains_like_ncdhw(cohort, tmp_path):
-    from ctclip.training.batch import model_inputs
     from ctclip.training.trainer import Trainer
 
     runs = {}
@@ -338,13 +375,40 @@ def test_channels_last_feeds_an_ndhwc_image_and_trains_like_ncdhw(cohort, tmp_pa
         }
         trainer = Trainer(cfg)
         batch = next(trainer._loader())
-        image = model_inputs(batch, cfg['loss'], torch.device('cpu'), None, trainer.memory_format)[
-            'image'
-        ]
+        image = trainer.model.prepare_image(batch['image'])  # windowed: int16 in, 2 channels out
+        assert image.shape[1] == 2 and image.dtype == torch.float32
         assert image.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
         runs[channels_last] = [float(trainer._micro_step(batch, s, 0)['loss']) for s in range(2)]
     # the same arithmetic in another memory layout: equal up to float reassociation
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_int16_batches_train_exactly_like_host_windowed_floats(cohort, tmp_path):
+    """The loader ships int16 HU and the model windows it: the same losses, bit for bit, as the
+    float32 crops the host windowed before (the data order is the loader's, unchanged)."""
+    from ctclip.training.trainer import Trainer
+
+    losses = {}
+    for form in ('int16', 'float32'):
+        trainer = Trainer(config(cohort, tmp_path / form, train={'steps': 2}))
+        batch = next(trainer._loader())
+        assert batch['image'].dtype == torch.int16
+        if form == 'float32':
+            batch['image'] = torch.from_numpy(trainer.train_ds.window(batch['image'].numpy()))
+        losses[form] = [float(trainer._micro_step(batch, s, 0)['loss']) for s in range(2)]
+    assert losses['int16'] == losses['float32']
+
+
+def test_the_model_windows_integer_images_and_passes_floats_through():
+    model = build_model(TINY_MODEL, None)
+    hu = torch.full((1, 1, 8, 16, 16), -400, dtype=torch.int16)
+    with pytest.raises(ValueError, match='comes? with a window'):
+        model.prepare_image(hu)  # no window in the config, none given
+    assert torch.equal(model.prepare_image(hu, [-1000, 200]), torch.zeros(1, 1, 8, 16, 16))
+    model.config['window'] = [-1000, 200]
+    assert torch.equal(model.prepare_image(hu), torch.zeros(1, 1, 8, 16, 16))
+    already = torch.rand(1, 1, 8, 16, 16)
+    assert model.prepare_image(already) is already
 
 
 def test_a_misspelt_train_setting_fails_in_one_line_before_any_work(tmp_path, capsys):
