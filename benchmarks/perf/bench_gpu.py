@@ -109,7 +109,13 @@ def measure(cfg: dict, tag: str, warmup: int, steps: int, loader_row: bool = Tru
     for _ in range(3):
         engine_step()
     peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    bare = BareLoop(cfg, torch.device('cuda'), bf16=True, channels_last=trainer.model.channels_last)
+    bare = BareLoop(
+        cfg,
+        trainer.model.config['window'],
+        torch.device('cuda'),
+        bf16=True,
+        channels_last=trainer.model.channels_last,
+    )
     flops = step_flops(bare, fixed)
     bare_step = synced(lambda: bare.step(fixed))
     t_engine, t_bare = interleaved(engine_step, bare_step, steps, warmup)
@@ -170,6 +176,8 @@ def run(quick: bool) -> list[Row]:
             out = root / tag.replace(', ', '_').replace(' ', '')
             cfg = stage2_config(paths, out, batch_size, workers, channels_last=channels_last)
             cfg['deepspeed']['config'] = zero
+            # by name: one rank would otherwise run every preset as ZeRO-0 (deepspeed_config)
+            cfg['deepspeed']['zero_stage'] = int(zero[len('zero') :][:1])
             try:
                 new = measure(cfg, tag, warmup, steps, loader)
             except Exception as e:  # one failing variant must not hide the others' numbers

@@ -107,7 +107,12 @@ class BareLoop:
     """
 
     def __init__(
-        self, cfg: dict, device=None, bf16: bool = False, channels_last: bool = False
+        self,
+        cfg: dict,
+        window: list,
+        device=None,
+        bf16: bool = False,
+        channels_last: bool = False,
     ) -> None:
         import torch
 
@@ -119,6 +124,7 @@ class BareLoop:
         self.device = device or torch.device('cpu')
         self.bf16 = bf16
         self.model = build_model(cfg['model'], None).to(self.device)
+        self.model.config['window'] = window  # the model windows the loader's int16 crops
         self.model.set_channels_last(channels_last)
         o = cfg['optim']
         self.opt = torch.optim.AdamW(
@@ -186,7 +192,7 @@ def run(quick: bool) -> list[Row]:
         paths = write_cohort(root, 4 * batch_size, shape)
         cfg = _config(paths, root / 'run', batch_size, 10**4, workers=1)
         trainer = Trainer(cfg)
-        bare = BareLoop(cfg)
+        bare = BareLoop(cfg, trainer.model.config['window'])
         loader = trainer._loader()
         fixed = next(loader)
         engine_step = lambda: trainer._micro_step(fixed, 0, 0)  # noqa: E731

@@ -29,7 +29,7 @@ def test_gpu_benchmark_config_trains_and_counts_flops_on_a_cpu(tmp_path):
     trainer = Trainer(cfg)
     batch = next(trainer._loader())
     assert torch.isfinite(trainer._micro_step(batch, 0, 0)['loss'])
-    bare = BareLoop(cfg, torch.device('cpu'), channels_last=trainer.model.channels_last)
+    bare = BareLoop(cfg, trainer.model.config['window'], channels_last=trainer.model.channels_last)
     flops = bench_gpu.step_flops(bare, batch)
     # one BERT-base layer over 2 x 256 tokens: 6 x 7.1M x 512 = 2.2e10 FLOPs (forward + backward)
     assert 2e10 < flops < 1e11
