@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -180,6 +181,28 @@ def _init_worker(threads: int, parent_pid: int | None = None) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
+# glibc's malloc asks for transparent huge pages (glibc >= 2.35; older ones ignore the setting).
+# ITK allocates a 150 MiB volume with `new` and touches every page: in 2 MiB pages one CT-RATE
+# volume costs 0.62 CPU s instead of 0.72 (benchmarks/perf, preprocess). NumPy does this already.
+HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
+
+
+@contextmanager
+def _huge_page_children() -> Iterator[None]:
+    """Processes started inside read GLIBC_TUNABLES with huge pages on; this one is unchanged
+    (glibc reads its tunables once, at start)."""
+    before = os.environ.get('GLIBC_TUNABLES')
+    parts = [p for p in (before or '').split(':') if p and not p.startswith('glibc.malloc.hugetlb')]
+    os.environ['GLIBC_TUNABLES'] = ':'.join([*parts, HUGE_PAGES_TUNABLE])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop('GLIBC_TUNABLES', None)
+        else:
+            os.environ['GLIBC_TUNABLES'] = before
+
+
 def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> Iterator[dict[str, str]]:
     from tqdm import tqdm
 
@@ -194,7 +217,9 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool) -> Iterator[dict[
         with cf.ProcessPoolExecutor(
             workers, mp_context=ctx, initializer=_init_worker, initargs=(1, os.getpid())
         ) as pool:
-            for future in cf.as_completed([pool.submit(_work, job) for job in jobs]):
+            with _huge_page_children():  # a spawn pool starts its workers on the first submits
+                futures = [pool.submit(_work, job) for job in jobs]
+            for future in cf.as_completed(futures):
                 bar.update()
                 try:
                     yield future.result()

@@ -272,3 +272,26 @@ def test_sigkill_then_resume_gives_the_uninterrupted_cache(tree, reference, tmp_
     assert rerun.returncode == 0, rerun.stderr
     assert f'"skipped": {finished}' in rerun.stdout
     assert out.read_bytes() == reference.read_bytes()
+
+
+def _tunables() -> str | None:
+    return os.environ.get('GLIBC_TUNABLES')
+
+
+def test_pool_workers_start_with_huge_pages_and_the_parent_keeps_its_environment(monkeypatch):
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from preprocessing.runner import HUGE_PAGES_TUNABLE, _huge_page_children
+
+    monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0')
+    ctx = multiprocessing.get_context('spawn')
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        with _huge_page_children():
+            future = pool.submit(_tunables)
+        assert future.result() == f'glibc.malloc.arena_max=2:{HUGE_PAGES_TUNABLE}'
+    assert os.environ['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0'
+    monkeypatch.delenv('GLIBC_TUNABLES')
+    with _huge_page_children():
+        pass
+    assert 'GLIBC_TUNABLES' not in os.environ
