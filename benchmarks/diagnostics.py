@@ -444,12 +444,18 @@ def lookalikes(
         ]
         size = _median([r['cached_voxels'] for r in mine])
         look = float(np.median(counts)) if counts else math.nan
+        # The band count itself as a score: how far intensity alone separates the class.
+        every = [
+            int(((volumes[v] >= lo) & (volumes[v] <= hi) & zones[v]).sum())
+            for v in (rows[i]['volume'] for i in idx)
+        ]
         out[finding] = dict(
             band_hu=[lo, hi],
             finding_voxels=size,
             lookalike_voxels=look,
             lookalike_iqr=np.percentile(counts, [25, 75]).tolist() if counts else None,
             signal_ratio=size / look if look else math.nan,
+            band_count_auroc=_auc(np.array(every, float), truth[idx, c].astype(np.float64)),
         )
     return out
 
@@ -807,6 +813,14 @@ def run(
             if key in scores:
                 entry[f'{key}_without_partner'] = _auc(scores[key][free, c], y[free, c])
         entry['signal_ratio'] = result['lookalikes'].get(f, {}).get('signal_ratio', math.nan)
+        entry['band_count_auroc'] = (
+            result['lookalikes'].get(f, {}).get('band_count_auroc', math.nan)
+        )
+        if 'stage2_zero_shot' in scores:
+            r = phi(scores['stage2_zero_shot'])[c]  # Pearson of the score columns
+            j = int(np.nanargmax(np.where(np.arange(len(FINDINGS)) == c, -2, r)))
+            entry['score_partner'] = f'{FINDINGS[j]} (r {r[j]:.2f})'
+
         if 'proxies' in result:
             entry.update(result['proxies'][f])
         table.append(entry)
@@ -890,6 +904,7 @@ MODEL_COLUMNS = (
     ('partner', 'train partner'),
     ('stage2_zero_shot_without_partner', 'zero-shot w/o partner'),
     ('stage1_head_without_partner', 'stage-1 head w/o partner'),
+    ('score_partner', 'zero-shot score most correlated with'),
     ('bench_zero_shot_rad', 'bench RAD'),
     ('rad_stage2_head', 'RAD stage-2 head'),
 )
@@ -911,6 +926,7 @@ DATA_COLUMNS = (
     ('contrast_cached_window2', 'contrast cached win 2'),
     ('outside_window', 'outside window'),
     ('signal_ratio', 'finding / look-alike vox'),
+    ('band_count_auroc', 'band count AUROC'),
     ('random_crop', 'random crop'),
     ('centre_crop', 'centre crop'),
     ('top_cooccurring', 'most co-occurring: P(j|i)'),
@@ -953,7 +969,8 @@ def markdown(table: list[dict], result: dict) -> str:
         f'{LUNG_HU:g} HU; *win 2*: the second input window of the model. Crops: the median expected '
         'share of the finding inside the training random crop and the evaluation centre crop. '
         '*finding / look-alike vox*: lung classes, the cached voxels of the finding over the lung '
-        'voxels in its HU band in a held-out volume without it (median).',
+        'voxels in its HU band in a held-out volume without it (median); *band count AUROC*: '
+        'that count as the score of every held-out volume.',
         '',
         *_table(table, DATA_COLUMNS),
     ]
