@@ -95,3 +95,85 @@ def test_cooccurrence_conditional():
     counts, cond = D.cooccurrence(present)
     assert counts.tolist() == [[3, 2, 1], [2, 2, 1], [1, 1, 2]]
     assert cond[0, 1] == pytest.approx(2 / 3) and cond[1, 0] == pytest.approx(1.0)
+
+
+def test_proxies_find_the_class_a_score_tracks():
+    rng = np.random.default_rng(1)
+    truth = rng.random((40, len(D.FINDINGS))) < 0.3
+    truth[:4, 1], truth[4:, 1] = True, False  # both classes 0 and 1 get positives
+    truth[:20, 0], truth[20:, 0] = True, False
+    scores = rng.random((40, len(D.FINDINGS)))
+    scores[:, 0] = truth[:, 1] + 0.01 * rng.random(40)  # class 0's score is a class-1 detector
+    found = D.proxies(scores, truth.astype(float))
+    assert found[0]['proxy'] == D.FINDINGS[1]
+    assert found[0]['proxy_auroc'] == pytest.approx(1.0)
+
+
+def test_lung_zone_keeps_vessels_inside_the_lung_and_not_the_mediastinum():
+    hu = np.full((3, 40, 60), -1000.0, np.float32)  # air around the body
+    hu[:, 5:35, 5:55] = -100.0  # body (fat / soft tissue)
+    hu[:, 10:30, 10:27] = -850.0  # right lung
+    hu[:, 10:30, 33:50] = -850.0  # left lung; the mediastinum between them stays soft tissue
+    hu[:, 18:21, 15:18] = 40.0  # a vessel inside the right lung
+    zone = D.lung_zone(hu)
+    assert zone[:, 18:21, 15:18].all()  # the vessel counts as lung zone
+    assert not zone[:, 10:30, 28:32].any()  # the mediastinum does not
+    assert not zone[:, :5].any() and zone.sum() == 3 * 20 * (17 + 17)
+
+
+def test_diagnostics_end_to_end_on_a_small_demo_layout(tmp_path):
+    """A synthetic cohort -> cache -> rules labels -> two tiny untrained models, laid out as a
+    demo output: every class gets a row, every mask a record, every output file is written."""
+    import csv
+    import json
+
+    import torch
+
+    from ctclip.cli import main as ctclip
+    from ctclip.factory import create_model
+    from synth import generate_cohort
+
+    demo = tmp_path / 'demo_out'
+    generate_cohort(demo / 'cohort', n=6, seed=3, small=True, workers=1, progress=False)
+    argv = ['preprocess', '--input', str(demo / 'cohort'), '--out', str(demo / 'cache/ctrate.h5')]
+    assert ctclip([*argv, '--recipe', 'small', '--no-progress']) == 0
+    rows = []
+    for name in ('train', 'validation'):
+        path = demo / 'cohort/dataset/radiology_text_reports' / f'{name}_reports.csv'
+        with open(path, newline='', encoding='utf-8') as f:
+            rows += list(csv.DictReader(f))
+    (demo / 'labels').mkdir()
+    with open(demo / 'labels/reports.csv', 'w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    argv = ['label', '--reports', str(demo / 'labels/reports.csv'), '--out-dir']
+    assert ctclip([*argv, str(demo / 'labels'), '--no-progress']) == 0
+    torch.manual_seed(0)
+    for stage in ('stage1', 'stage2'):
+        model = create_model('resnet3d-tiny-tinybert', vision_cfg={'block_inplanes': [4, 8, 8, 8]})
+        model.save_pretrained(demo / 'train' / stage / 'final')
+
+    out = tmp_path / 'diag'
+    assert D.main(['--demo-out', str(demo), '--out', str(out)]) == 0
+    result = json.loads((out / 'diagnostics.json').read_text())
+    assert [r['finding'] for r in result['table']] == list(D.FINDINGS)
+    truth = D.read_truth(demo / 'cohort/truth.jsonl')
+    dataset = json.loads((demo / 'cohort/grounding/dataset.json').read_text())
+    masks = sum(len(item['categories']) for split in dataset.values() for item in split)
+    assert len(result['records']) == masks > 0
+    for rec in result['records']:
+        assert 0.0 <= rec['random_crop'] <= 1.0 and 0.0 <= rec['centre_crop'] <= 1.0
+        assert rec['native_voxels'] > 0
+    # The rules labels of the synthetic reports agree with the truth.
+    assert all(a['kappa'] > 0.8 for a in result['labels'].values() if a['kappa'] is not None)
+    assert len(truth) == sum(
+        a['tp'] + a['fp'] + a['fn'] + a['tn'] + a['uncertain']
+        for a in [result['labels']['Lung nodule']]
+    )
+    assert result['failures'] == []
+    for name in ('diagnostics.md', 'cooccurrence.png', 'auroc_by_part.png'):
+        assert (out / name).stat().st_size > 0
+    md = (out / 'diagnostics.md').read_text()
+    starts = [line for line in md.splitlines() if line.startswith('| Lung opacity |')]
+    assert len(starts) == 2  # the model table and the data table
