@@ -889,6 +889,7 @@ def _jsonable(value: Any) -> Any:
 MODEL_COLUMNS = (
     ('finding', 'class'),
     ('prevalence_train', 'prev. train'),
+    ('prevalence_valid', 'prev. valid'),
     ('n_pos_valid', 'pos. valid'),
     ('bench_zero_shot', 'bench zero-shot'),
     ('stage2_zero_shot', 'stage-2 zero-shot'),
