@@ -50,14 +50,15 @@ _NOT_LUNG = (
     r'|mediastin\w*|mesenter\w*|vertebra\w*|trachea|bronchi|adipose|subcutaneous|axilla\w*|stomach)'
 )
 
-# Calcified plaque words, and the non-coronary thoracic arteries the manual labels count.
+# Calcified plaque words, and the non-coronary thoracic arteries the manual labels count (a
+# coronary branch, 'circumflex artery', 'left anterior descending artery', is not one of them).
 # Atherosclerosis without a calcification word is positive in 1 of 4 dev reports: it counts for an
 # artery wall only when placed in the thoracic aorta itself (a trigger of its own).
 _WALL_CALC = r'calcifi\w+|calcific|atherom\w+|plaques?'
 _CALC = _WALL_CALC + r'|atheroscleros\w+|atherosclerotic'
 _ARTERY = (
     r'(?<!abdominal )aort(?:a|ic)(?! valve)|arcus|(?<!abdominal )aortic arch|carotid\w*|subclavian'
-    r'|brachiocephalic|(?<!anterior )(?:ascending|descending)(?=[^.;]*\baorta\b)|(?<!coronary )(?<!descending )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
+    r'|brachiocephalic|(?<!anterior )(?:ascending|descending)(?=[^.;]*\baorta\b)|(?<!coronary )(?<!descending )(?<!circumflex )(?<!iliac )(?<!pulmonary )arter(?:y|ies)|(?<!coronary )vascular|(?<!coronary )vessels?'
 )
 
 # A density increase is an opacity only where the clause places it in the lung.

@@ -233,6 +233,25 @@ def test_conventions_and_exclusions(labeler, text, finding, expected):
             'Arterial wall calcification',
             1,
         ),
+        # A coronary branch named "circumflex artery" is still a coronary artery (the synthetic
+        # reports list the branches; this sentence gave 10 false arterial labels in the demo).
+        (
+            'Calcified plaques are observed in the coronary arteries (circumflex artery, right '
+            'coronary artery).',
+            'Arterial wall calcification',
+            0,
+        ),
+        (
+            'Calcified plaques are observed in the coronary arteries (right coronary artery, '
+            'circumflex artery).',
+            'Coronary artery wall calcification',
+            1,
+        ),
+        (
+            'Calcified plaques in the aortic arch and the circumflex artery.',
+            'Arterial wall calcification',
+            1,
+        ),
         # "absent" and "X - no thickening was detected" negate.
         ('Pleural or pericardial effusion or absent.', 'Pericardial effusion', 0),
         ('Pericardial effusion - no thickening was detected.', 'Pericardial effusion', 0),
