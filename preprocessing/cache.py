@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -68,10 +69,12 @@ def compression_options(codec: str = 'blosc-lz4') -> dict[str, Any]:
     return dict(hdf5plugin.Blosc(cname='lz4', clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
 
 
-def _load_blosc() -> Any:
+@functools.cache
+def _blosc() -> Any:
     """hdf5plugin's own c-blosc (its HDF5 filter library exports the c-blosc API), or None."""
     try:
-        lib = ctypes.CDLL(os.path.join(hdf5plugin.PLUGIN_PATH, 'libh5blosc.so'))
+        path = hdf5plugin.get_config().registered_filters['blosc']  # .so, .dylib or .dll
+        lib = ctypes.CDLL(path)
         lib.blosc_cbuffer_validate.argtypes = [
             ctypes.c_void_p,
             ctypes.c_size_t,
@@ -83,21 +86,19 @@ def _load_blosc() -> Any:
             ctypes.c_size_t,
             ctypes.c_int,
         ]
-    except (OSError, AttributeError) as exc:  # another platform or build: h5py reads instead
+    except (OSError, AttributeError, KeyError) as exc:  # another build: h5py reads instead
         _logger.debug('direct blosc decoding unavailable (%s); h5py decodes crops', exc)
         return None
     return lib
-
-
-_BLOSC = _load_blosc()
 
 
 class _DirectLayout:
     """Reads a crop chunk by chunk, bypassing HDF5's filter pipeline and chunk cache.
 
     For raw chunks and for blosc chunks (decoded with `blosc_decompress_ctx`, which releases
-    the GIL) this measured 1.2x (blosc) to 1.7x (raw) faster than h5py slicing of the same file:
-    HDF5 decodes each chunk into a fresh buffer and scatters it through its hyperslab machinery.
+    the GIL) crops measured 1.2-1.5x faster than h5py slicing of the same file (benchmarks/perf/
+    cache_layout.md): HDF5 decodes each chunk into a fresh buffer and scatters it through its
+    hyperslab machinery. Each chunk is decoded once per crop.
     Every blosc header is validated against the stored size before decoding, so damage raises
     instead of reading past the chunk.
     """
@@ -105,7 +106,6 @@ class _DirectLayout:
     def __init__(self, ds: h5py.Dataset, codec: str):
         self.codec = codec
         self.chunks = tuple(int(c) for c in ds.chunks)
-        self.shape = tuple(int(s) for s in ds.shape)
         self.nbytes = int(np.prod(self.chunks)) * 2
 
     @classmethod
@@ -115,25 +115,23 @@ class _DirectLayout:
             return None
         dcpl = ds.id.get_create_plist()
         filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
-        if not filters and ds.id.get_num_chunks() == np.prod(
-            [-(-s // c) for s, c in zip(ds.shape, ds.chunks, strict=False)]
-        ):
-            return cls(ds, 'none')
-        if filters != [BLOSC_FILTER] or _BLOSC is None:
-            return None
         grid = np.prod([-(-s // c) for s, c in zip(ds.shape, ds.chunks, strict=False)])
         if ds.id.get_num_chunks() != grid:  # unwritten chunks read as fill values: h5py's job
             return None
-        return cls(ds, 'blosc-lz4')
+        if not filters:
+            return cls(ds, 'none')
+        if filters == [BLOSC_FILTER] and _blosc() is not None:
+            return cls(ds, 'blosc-lz4')
+        return None
 
     def _decode(self, raw: bytes, buffer: np.ndarray) -> str | None:
         """Decode one blosc chunk into `buffer`; why it cannot be decoded, or None."""
         nbytes = ctypes.c_size_t()
-        if _BLOSC.blosc_cbuffer_validate(raw, len(raw), ctypes.byref(nbytes)) < 0:
+        if _blosc().blosc_cbuffer_validate(raw, len(raw), ctypes.byref(nbytes)) < 0:
             return 'a blosc chunk header does not match its stored size'
         if nbytes.value != self.nbytes:
             return f'a blosc chunk decodes to {nbytes.value} bytes, not {self.nbytes}'
-        done = _BLOSC.blosc_decompress_ctx(raw, buffer.ctypes.data, self.nbytes, 1)
+        done = _blosc().blosc_decompress_ctx(raw, buffer.ctypes.data, self.nbytes, 1)
         if done != self.nbytes:
             return f'a blosc chunk does not decompress (blosc error {done})'
         return None

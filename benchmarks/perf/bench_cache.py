@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from benchmarks.perf.common import Row
 
 AREA = 'cache'
 CROP_ZYX = (96, 192, 192)
+SHAPE = (120, 240, 240)  # the li2025 grid
 
 
 def _evict(path: Path) -> None:
@@ -34,57 +36,16 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
-def _our_crops(cache_path: Path, n: int, cold: str = '', seed: int = 0) -> float:
-    """Crops/s; `cold`: '' (page cache warm), 'open' (file open, its pages evicted before each
-    crop, as a worker reading a cohort larger than RAM) or 'reopen' (closed and evicted too)."""
-    from preprocessing.cache import open_cache
-
-    cache = open_cache(cache_path)
-    shape = cache.shape('ct')
-    cache.read_crop('ct', (0, 0, 0), CROP_ZYX)  # opens the file
-    rng = np.random.default_rng(seed)
-    elapsed = 0.0
-    for _ in range(n):
-        origin = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, CROP_ZYX, strict=False)]
-        if cold == 'reopen':
-            cache.close()
-        if cold:
-            _evict(cache_path)
-        start = time.perf_counter()
-        cache.read_crop('ct', origin, CROP_ZYX)
-        elapsed += time.perf_counter() - start
-    cache.close()
-    return n / elapsed
-
-
 def _monai_crops(nifti: Path, cache_dir: Path, n: int, cold: bool) -> tuple[float, int]:
-    import torch
-    from monai.data import PersistentDataset
-    from monai.transforms import Compose, RandSpatialCropd
-
-    from benchmarks.perf.bench_preprocess import monai_pipeline
-
-    torch.set_num_threads(1)
-    transform = Compose(
-        [
-            *monai_pipeline().transforms,
-            RandSpatialCropd(keys=['image'], roi_size=(192, 192, 96), random_size=False),
-        ]
-    )
-    dataset = PersistentDataset(
-        data=[{'image': str(nifti)}], transform=transform, cache_dir=str(cache_dir)
-    )
-    dataset[0]  # builds the .pt
-    pt_files = list(cache_dir.glob('*.pt'))
+    """MONAI crops/s alone and the .pt's bytes (for `cache_layout`'s matrix)."""
+    monai = _Monai(nifti, cache_dir)
     elapsed = 0.0
     for _ in range(n):
-        if cold:
-            for pt in pt_files:
-                _evict(pt)
+        monai.prepare('open' if cold else '')
         start = time.perf_counter()
-        dataset[0]
+        monai.crop([])
         elapsed += time.perf_counter() - start
-    return n / elapsed, sum(p.stat().st_size for p in pt_files)
+    return n / elapsed, monai.bytes
 
 
 def _raw_copy(cache_path: Path, out: Path) -> Path:
@@ -100,15 +61,80 @@ def _raw_copy(cache_path: Path, out: Path) -> Path:
     return out
 
 
-def run(quick: bool = False, ct_sample: Path | None = None) -> list[Row]:
-    import statistics
+class _Ours:
+    """Crops from one of our caches; `prepare` puts the file in the state a mode asks for."""
 
+    def __init__(self, path: Path):
+        from preprocessing.cache import open_cache
+
+        self.path = path
+        self.cache = open_cache(path)
+        self.cache.read_crop('ct', (0, 0, 0), CROP_ZYX)  # opens the file
+
+    def prepare(self, cold: str) -> None:
+        if cold == 'reopen':
+            self.cache.close()
+        if cold:
+            _evict(self.path)
+
+    def crop(self, origin: list[int]) -> None:
+        self.cache.read_crop('ct', origin, CROP_ZYX)
+
+
+class _Monai:
+    """MONAI's PersistentDataset of the same volume: torch.load of the .pt, RandSpatialCropd."""
+
+    def __init__(self, nifti: Path, cache_dir: Path):
+        import torch
+        from monai.data import PersistentDataset
+        from monai.transforms import Compose, RandSpatialCropd
+
+        from benchmarks.perf.bench_preprocess import monai_pipeline
+
+        torch.set_num_threads(1)
+        transform = Compose(
+            [
+                *monai_pipeline().transforms,
+                RandSpatialCropd(keys=['image'], roi_size=(192, 192, 96), random_size=False),
+            ]
+        )
+        self.dataset = PersistentDataset(
+            data=[{'image': str(nifti)}], transform=transform, cache_dir=str(cache_dir)
+        )
+        self.dataset[0]  # builds the .pt
+        self.pt_files = list(cache_dir.glob('*.pt'))
+        self.bytes = sum(p.stat().st_size for p in self.pt_files)
+
+    def prepare(self, cold: str) -> None:
+        if cold:  # it opens the .pt for every item anyway
+            for pt in self.pt_files:
+                _evict(pt)
+
+    def crop(self, origin: list[int]) -> None:
+        self.dataset[0]  # its own random crop
+
+
+def _interleaved(readers: dict[str, Any], n: int, cold: str, seed: int) -> dict[str, float]:
+    """Crops/s of each reader, taking turns crop by crop (rotating who goes first), so the load of
+    a shared machine falls on every side alike."""
+    rng = np.random.default_rng(seed)
+    names = list(readers)
+    elapsed = dict.fromkeys(names, 0.0)
+    for i in range(n):
+        origin = [int(rng.integers(0, s - c + 1)) for s, c in zip(SHAPE, CROP_ZYX, strict=False)]
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            readers[name].prepare(cold)
+            start = time.perf_counter()
+            readers[name].crop(origin)
+            elapsed[name] += time.perf_counter() - start
+    return {name: n / elapsed[name] for name in names}
+
+
+def run(quick: bool = False, ct_sample: Path | None = None) -> list[Row]:
     from preprocessing import run as preprocess
 
-    n = 10 if quick else 40
+    n = 10 if quick else 60
     n_cold = max(3, n // 2)
-    rounds = 1 if quick else 3
-    runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:  # a real disk: not tmpfs
         folder = Path(tmp)
         nifti = make_input(folder, 120 if quick else 300, ct_sample)
@@ -117,22 +143,19 @@ def run(quick: bool = False, ct_sample: Path | None = None) -> list[Row]:
             {'input': str(nifti), 'out': str(cache_path), 'progress': False, 'qc': {'samples': 0}}
         )
         raw_path = _raw_copy(cache_path, folder / 'raw.h5')
-        pt_bytes = 0
-        for r in range(rounds):  # interleaved, so load on a shared machine hits both sides
-            measured = {}
-            measured['monai'], pt_bytes = _monai_crops(nifti, folder / 'persistent', n, False)
-            measured['ours'] = _our_crops(cache_path, n, seed=r)
-            measured['raw'] = _our_crops(raw_path, n, seed=r)
-            measured['monai cold'], _ = _monai_crops(nifti, folder / 'persistent', n_cold, True)
-            measured['ours open'] = _our_crops(cache_path, n_cold, 'open', seed=r)
-            measured['ours reopen'] = _our_crops(cache_path, n_cold, 'reopen', seed=r)
-            measured['raw open'] = _our_crops(raw_path, n_cold, 'open', seed=r)
-            for key, value in measured.items():
-                runs.setdefault(key, []).append(value)
-        h5_bytes = cache_path.stat().st_size
-        raw_bytes = raw_path.stat().st_size
-    rate = {key: statistics.median(values) for key, values in runs.items()}
-    mib = {'ours': h5_bytes / 2**20, 'raw': raw_bytes / 2**20, 'pt': pt_bytes / 2**20}
+        monai = _Monai(nifti, folder / 'persistent')
+        ours, raw = _Ours(cache_path), _Ours(raw_path)
+        assert ours.cache.shape('ct') == SHAPE, ours.cache.shape('ct')
+        warm = _interleaved({'monai': monai, 'ours': ours, 'raw': raw}, n, '', 0)
+        open_ = _interleaved({'monai': monai, 'ours': ours, 'raw': raw}, n_cold, 'open', 1)
+        reopen = _interleaved({'monai': monai, 'ours': ours}, n_cold, 'reopen', 2)
+        ours.cache.close()
+        raw.cache.close()
+        mib = {
+            'ours': cache_path.stat().st_size / 2**20,
+            'raw': raw_path.stat().st_size / 2**20,
+            'pt': monai.bytes / 2**20,
+        }
     size = (
         f'{mib["ours"]:.1f} MiB per volume on disk (int16, blosc-lz4 slabs) vs '
         f'{mib["pt"]:.1f} MiB (.pt, float32)'
@@ -142,46 +165,41 @@ def run(quick: bool = False, ct_sample: Path | None = None) -> list[Row]:
     crop = 'random 192x192x96 crop, contiguous int16 HU'
     view = 'MONAI crops are views of a float32 tensor already windowed; '
     evicted = 'posix_fadvise(DONTNEED) before every read: a cohort larger than RAM reads from disk'
-    median = f'median of {rounds} interleaved rounds'
+    turns = 'both sides take turns crop by crop'
 
-    def row(what: str, ours: str, theirs: str, notes: str) -> Row:
+    def row(what: str, rates: dict[str, float], ours: str, notes: str) -> Row:
         return Row(
             AREA,
             what,
-            rate[ours],
+            rates[ours],
             'crops/s',
-            rate[theirs],
+            rates['monai'],
             base,
-            rate[ours] / rate[theirs],
+            rates[ours] / rates['monai'],
             '>= 2x faster',
             2.0,
-            notes=f'{notes}; {median}',
+            notes=f'{notes}; {turns}',
         )
 
     return [
-        row(f'{crop} (page cache warm)', 'ours', 'monai', view + size),
+        row(f'{crop} (page cache warm)', warm, 'ours', view + size),
         row(
             f'{crop} (file open, data evicted before each read)',
-            'ours open',
-            'monai cold',
+            open_,
+            'ours',
             f'{evicted}; the worker keeps the file open (HDF5 keeps its chunk index); {size}',
         ),
         row(
             f'{crop} (file closed and evicted before each read)',
-            'ours reopen',
-            'monai cold',
+            reopen,
+            'ours',
             f'{evicted}; the open and the chunk index come from disk too; {size}',
         ),
-        row(
-            f'{crop}, raw cache (page cache warm)',
-            'raw',
-            'monai',
-            f"cache_codec='none'; {raw_size}",
-        ),
+        row(f'{crop}, raw cache (page cache warm)', warm, 'raw', f"cache_codec='none'; {raw_size}"),
         row(
             f'{crop}, raw cache (file open, data evicted before each read)',
-            'raw open',
-            'monai cold',
+            open_,
+            'raw',
             f"cache_codec='none'; {evicted}; {raw_size}",
         ),
         Row(

@@ -164,3 +164,16 @@ def test_a_damaged_blosc_header_is_named_by_crops_and_verify(tmp_path, capsys, a
     assert main(['preprocess', 'verify', str(path), '--no-progress']) == 1
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and "volume 'v'" in err and 'blosc chunk header' in err
+
+
+def test_without_the_direct_decoder_h5py_reads_the_same_crops(tmp_path, monkeypatch):
+    """Where hdf5plugin's c-blosc cannot be loaded (another build), h5py decodes instead."""
+    import preprocessing.cache as cache_module
+
+    array = _write(tmp_path / 'cache.h5', 'default')
+    monkeypatch.setattr(cache_module, '_blosc', lambda: None)
+    cache = open_cache(tmp_path / 'cache.h5')
+    np.testing.assert_array_equal(
+        cache.read_crop('v', (7, 15, 9), (48, 96, 96)), array[7:55, 15:111, 9:105]
+    )
+    assert cache._layouts == {'v': None} and verify_cache(tmp_path / 'cache.h5') == []
