@@ -16,6 +16,10 @@ from typing import Any
 AIR_HU = -1000
 ORIENTATIONS = ('LPS', 'RAS')
 INTERPOLATIONS = ('linear', 'bspline', 'nearest')
+# how a cache stores its int16 chunks: blosc-lz4 with byte shuffle (about 2.2x smaller than raw
+# int16 on real CT), or raw (faster page-cache-warm crops, 2.2x the bytes); benchmarks/perf/
+# cache_layout.md has the measurements
+CACHE_CODECS = ('blosc-lz4', 'none')
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Recipe:
     interpolation: str = 'linear'
     pad_hu: int = AIR_HU
     chunks_zyx: tuple[int, int, int] | None = None
+    cache_codec: str = 'blosc-lz4'
     description: str = ''
 
     def __post_init__(self) -> None:
@@ -52,6 +57,10 @@ class Recipe:
             raise ValueError(
                 f'Recipe interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}'
             )
+        if self.cache_codec not in CACHE_CODECS:
+            raise ValueError(
+                f'Recipe cache_codec must be one of {CACHE_CODECS}, not {self.cache_codec!r}'
+            )
         lo, hi = self.window_hu
         if not lo < hi:
             raise ValueError(
@@ -68,13 +77,14 @@ class Recipe:
 
     @property
     def chunk_shape(self) -> tuple[int, int, int]:
-        """HDF5 chunks: slabs of whole slices, so a random training crop touches about 7 chunks
-        and each chunk decompresses into one contiguous block (measured 1.5x faster crops than
-        32x64x64 cubes)."""
+        """HDF5 chunks: slabs of 8 whole slices. A training crop covers about 80% of each axis, so
+        any y/x split still touches every column of chunks, while thin slabs decode only the
+        crop's slices; slabs measured faster than 32x64x64, 48x96x96 or 24x120x120 blocks and
+        8 slices than 16 or 24 (benchmarks/perf/cache_layout.md)."""
         if self.chunks_zyx:
             return tuple(int(c) for c in self.chunks_zyx)  # type: ignore[return-value]
         depth, height, width = self.shape_zyx
-        return (max(1, min(16, depth // 4)), height, width)
+        return (max(1, min(8, depth)), height, width)
 
     def grid_dict(self) -> dict[str, Any]:
         """The fields that determine the cached voxels (and so the recipe hash)."""
@@ -95,6 +105,8 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        if out['cache_codec'] == 'blosc-lz4':  # so code from before the field reads such caches
+            del out['cache_codec']
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def to_json(self) -> str:

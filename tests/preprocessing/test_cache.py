@@ -60,7 +60,7 @@ def test_read_volume_crop_and_attrs(cache_path):
 def test_chunks_are_compressed_and_crop_sized(cache_path):
     with h5py.File(cache_path) as f:
         ds = f['volumes/vol0.nii.gz']
-        assert ds.dtype == np.int16 and ds.chunks == (14, 112, 112)
+        assert ds.dtype == np.int16 and ds.chunks == (8, 112, 112)
         assert '32001' in ds._filters  # blosc
 
 
@@ -175,7 +175,7 @@ def test_every_volume_carries_a_checksum_of_its_voxels(cache_path, capsys):
 @pytest.mark.parametrize('damage', ['undecodable', 'decodes_to_other_voxels'])
 def test_flipped_bytes_in_a_chunk_are_found_and_named(cache_path, capsys, damage):
     if damage == 'undecodable':
-        _flip(cache_path, 'vol1.nii.gz', 2, 12)  # blosc header: compressed size
+        _flip(cache_path, 'vol1.nii.gz', 2, 4)  # blosc header: uncompressed size
     else:
         _flip(cache_path, 'vol1.nii.gz', 2, -100, 0x01)  # a voxel byte near the chunk's end
         data = open_cache(cache_path).read('vol1.nii.gz').array  # it decodes, silently wrong
