@@ -136,6 +136,12 @@ class _DirectLayout:
             return f'a blosc chunk does not decompress (blosc error {done})'
         return None
 
+    def _copy_raw(self, raw: bytes, flat: np.ndarray) -> str | None:
+        if len(raw) != self.nbytes:
+            return f'a raw chunk holds {len(raw)} bytes, not {self.nbytes}'
+        flat[:] = np.frombuffer(raw, np.uint8)
+        return None
+
     def read(self, ds: h5py.Dataset, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
         out = np.empty(tuple(size), dtype=np.int16)
         buffer = np.empty(self.chunks, dtype=np.int16)
@@ -153,7 +159,11 @@ class _DirectLayout:
                             problem = f'a raw chunk holds {len(raw)} bytes, not {self.nbytes}'
                     else:
                         mask, raw = ds.id.read_direct_chunk(corner)
-                        problem = self._decode(raw, buffer)
+                        if mask & 1:  # blosc could not shrink it: HDF5 stored the chunk raw
+                            problem = self._copy_raw(raw, flat)
+                            mask &= ~1
+                        else:
+                            problem = self._decode(raw, buffer)
                     if mask:
                         problem = f'filter mask {mask}'
                     if problem is not None:

@@ -177,3 +177,18 @@ def test_without_the_direct_decoder_h5py_reads_the_same_crops(tmp_path, monkeypa
         cache.read_crop('v', (7, 15, 9), (48, 96, 96)), array[7:55, 15:111, 9:105]
     )
     assert cache._layouts == {'v': None} and verify_cache(tmp_path / 'cache.h5') == []
+
+
+def test_an_incompressible_volume_reads_back_through_the_direct_decoder(tmp_path):
+    """Blosc cannot shrink noise: HDF5 then stores the chunk raw and sets its filter-mask bit."""
+    from preprocessing.cache import _DirectLayout, compression_options
+
+    noise = np.random.default_rng(0).integers(-32768, 32767, (16, 64, 64), dtype=np.int16)
+    with h5py.File(tmp_path / 'noise.h5', 'w') as f:
+        ds = f.create_dataset('v', data=noise, chunks=(8, 64, 64), **compression_options())
+        assert ds.id.get_chunk_info(0).filter_mask == 1
+        layout = _DirectLayout.of(ds)
+        assert layout is not None and layout.codec == 'blosc-lz4'
+        np.testing.assert_array_equal(
+            layout.read(ds, (3, 5, 7), (10, 40, 50)), noise[3:13, 5:45, 7:57]
+        )
