@@ -2,8 +2,7 @@
 
 `sitk.ReadImage` on a .nii.gz holds the volume twice at its peak and decodes with zlib. Here the
 geometry comes from ITK's own header reader (so it is identical to `ReadImage`), and the voxels
-are decompressed with python-isal (about 2x zlib), or rapidgzip over several cores, directly into
-the image's buffer. Anything
+are decompressed with python-isal (about 2x zlib) directly into the image's buffer. Anything
 unusual (other data types, byte order, 4D, scaling that does not fit int16) returns None and the
 caller falls back to `ReadImage`.
 """
@@ -26,18 +25,9 @@ _logger = logging.getLogger(__name__)
 _BLOCK = 1 << 23
 
 
-def _open(path: Path, threads: int = 1):
-    """The decoder: rapidgzip splits one gzip stream over `threads` cores (a process that has
-    them: one `--workers 1` run); a pool worker, which has one, uses isal (about 2x zlib)."""
+def _open(path: Path):
     if not path.name.lower().endswith('.gz'):
         return path.open('rb')
-    if threads > 1:
-        try:
-            import rapidgzip
-
-            return rapidgzip.open(str(path), parallelization=threads)
-        except ImportError:
-            pass
     try:
         from isal import igzip
 
@@ -54,13 +44,7 @@ def _fill(stream, target: memoryview, path: Path) -> None:
             if not n:
                 break
             done += n
-    except (
-        EOFError,
-        OSError,
-        zlib.error,
-        ValueError,
-        RuntimeError,
-    ) as exc:  # rapidgzip: the last 2
+    except (EOFError, OSError, zlib.error) as exc:
         raise PreprocessError(
             'read', f'{str(path)!r} is a truncated or corrupt gzip file: {exc}'
         ) from exc
@@ -104,8 +88,7 @@ def read_int16_nifti(path: Path, nib_image) -> sitk.Image | None:
     image.SetDirection(direction.flatten().tolist())
     array = writable_array(image)
     offset = max(int(header.get_data_offset()), int(header.sizeof_hdr) + 4)
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    with _open(path, threads) as stream:
+    with _open(path) as stream:
         stream.read(offset)
         _fill(stream, memoryview(array).cast('B'), path)
     if inter:
