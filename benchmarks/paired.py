@@ -12,14 +12,18 @@ of them at once.
 
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.bootstrap import interval
+from benchmarks.ctrate import load_labels
+from benchmarks.tables import Table, align, normalise_id, read_table
 from ctcommon.metrics import auroc
 
 _logger = logging.getLogger(__name__)
@@ -198,4 +202,80 @@ class PairedBootstrap:
         return {'metric': metric, **self._combine(stats[0], stats[1], direction)}
 
 
-__all__ = ['VERDICTS', 'PairedBootstrap', 'patient_of', 'verdict']
+def _read_scores(runs: Sequence[Path], labels: Table) -> np.ndarray:
+    """(seeds, items, classes) zero-shot scores of `ctclip bench ct-rate` runs (`scores.csv`),
+    rows in the label table's order; every run must score every labelled volume."""
+    out = []
+    for run in runs:
+        scores, lab = align(read_table(Path(run) / 'scores.csv'), labels)
+        if lab.ids != labels.ids:
+            raise ValueError(f'{run}/scores.csv does not score every labelled volume')
+        where = {c: k for k, c in enumerate(scores.columns)}
+        missing = [c for c in labels.columns if c not in where]
+        if missing:
+            raise ValueError(f'{run}/scores.csv has no column for {missing}')
+        out.append(scores.values[:, [where[c] for c in labels.columns]])
+    return np.stack(out)
+
+
+def _read_pairs(runs: Sequence[Path]) -> tuple[list[str], np.ndarray] | None:
+    """(patients, (seeds, pairs) pointing-game hits) of `ctclip bench grounding` runs
+    (`pairs.csv`), or None when a run was not scored for grounding."""
+    rows_per_run = []
+    for run in runs:
+        path = Path(run) / 'pairs.csv'
+        if not path.is_file():
+            return None
+        with path.open(encoding='utf-8', newline='') as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: (r['case'], r['category']))
+        rows_per_run.append(rows)
+    keys = [(r['case'], r['category']) for r in rows_per_run[0]]
+    for run, rows in zip(runs, rows_per_run, strict=True):
+        if [(r['case'], r['category']) for r in rows] != keys:
+            raise ValueError(f'{run}/pairs.csv scores other findings than {runs[0]}/pairs.csv')
+    patients = [r['patient'] for r in rows_per_run[0]]
+    hits = np.array([[float(r['pointing']) for r in rows] for rows in rows_per_run])
+    return patients, hits
+
+
+def compare_runs(
+    runs_a: Sequence[Path],
+    runs_b: Sequence[Path],
+    labels_csv: str | Path,
+    direction: int = 1,
+    n_draws: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    grounding: str = 'grounding',
+) -> dict:
+    """Paired differences of two arms from their benchmark folders, one per seed (same seed
+    order in both): macro AUROC always, the pointing game where `<run>/<grounding>/pairs.csv`
+    exists for every run. One draw of patients and seeds serves both metrics."""
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise ValueError(f'both arms need one run per seed, not {len(runs_a)} and {len(runs_b)}')
+    labels = load_labels(labels_csv)
+    a, b = _read_scores(runs_a, labels), _read_scores(runs_b, labels)
+    items = [patient_of(normalise_id(i)) for i in labels.ids]
+    pairs_a = _read_pairs([Path(r) / grounding for r in runs_a])
+    pairs_b = _read_pairs([Path(r) / grounding for r in runs_b])
+    pairs = pairs_a is not None and pairs_b is not None
+    if pairs and pairs_a[0] != pairs_b[0]:
+        raise ValueError('the two arms were scored on different grounding findings')
+    patients = sorted(set(items) | set(pairs_a[0] if pairs else ()))
+    boot = PairedBootstrap(patients, len(runs_a), n_draws, seed, level)
+    out = {
+        'n_patients': len(patients),
+        'n_volumes': len(items),
+        'n_seeds': len(runs_a),
+        'bootstrap': {'n_draws': n_draws, 'seed': seed, 'level': level, 'unit': 'patient+seed'},
+        'auroc': boot.auroc_difference(a, b, labels.values, items, direction),
+    }
+    if pairs:
+        out['pointing_game'] = boot.mean_difference(
+            pairs_a[1], pairs_b[1], pairs_a[0], direction, metric='pointing game'
+        )
+        out['n_grounding_pairs'] = len(pairs_a[0])
+    return out
+
+
+__all__ = ['VERDICTS', 'PairedBootstrap', 'compare_runs', 'patient_of', 'verdict']

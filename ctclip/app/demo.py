@@ -110,9 +110,11 @@ class Demo:
         if cfg['layout'] not in VALID_LAYOUTS:
             raise ValueError(f'layout must be one of {VALID_LAYOUTS}, not {cfg["layout"]!r}')
         for key in ('test_min_count', 'n_rad'):
-            if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 0:
-                raise ValueError(f'{key} must be an integer >= 0, not {cfg[key]!r}')
-        if cfg['layout'] != 'ct-rate' and not cfg['n_rad'] and not cfg['test_min_count']:
+            value = cfg.get(key, DEFAULTS[key])
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f'{key} must be an integer >= 0, not {value!r}')
+        rad_volumes = cfg.get('n_rad', DEFAULTS['n_rad']) or cfg.get('test_min_count', 1)
+        if cfg['layout'] != 'ct-rate' and not rad_volumes:
             raise ValueError('n_rad must be > 0 when test_min_count is 0, not 0 (no RAD volume)')
         self.cfg = cfg
         self.out = Path(cfg['out']).resolve()
@@ -138,7 +140,8 @@ class Demo:
     def held_out(self) -> str:
         """The split the benchmarks score: the synthetic test split, or (a user's `data=` tree,
         or `test_min_count=0`) the validation patients."""
-        return 'test' if self.cfg['test_min_count'] and not self.cfg['data'] else 'valid'
+        test = self.cfg.get('test_min_count', DEFAULTS['test_min_count'])
+        return 'test' if test and not self.cfg.get('data') else 'valid'
 
     def held_out_tables(self) -> tuple[Path, Path]:
         """(gold labels, reports) of the held-out split."""
