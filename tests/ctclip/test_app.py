@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, render_table, summarise
+from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, plot, render_table, summarise
 from ctclip.app.pipeline import Pipeline, Stage, cli_argv
 from ctclip.app.report import render_html
 from ctclip.config import apply_overrides, get_dotted, load_config
@@ -158,7 +158,7 @@ def test_ablation_arms_are_valid_configs():
         )
 
 
-def test_ablation_summary_mean_std_and_table():
+def test_ablation_summary_mean_std_and_table(tmp_path):
     plan = ablation_plan()
     per_seed = [
         {a.name: {'auroc': 0.7 + 0.1 * s, 'pointing_game': 0.2 * s} for a in plan.arms}
@@ -171,6 +171,10 @@ def test_ablation_summary_mean_std_and_table():
     assert 'global_dice' not in rows[0]['metrics']  # a metric no seed has is left out
     table = render_table(rows, 3)
     assert '0.800 ± 0.100' in table and '0.200 ± 0.200' in table
+    del rows[1]['metrics']['pointing_game']  # an arm not grounded
+    assert 'not scored' in render_table(rows, 3)
+    plot(rows, tmp_path / 'ablation.png')
+    assert (tmp_path / 'ablation.png').stat().st_size > 0
     assert 'pointing game' in table and table.count('\n') == len(plan.arms) + 1
 
 
@@ -186,13 +190,23 @@ def test_ablation_trains_each_distinct_configuration_once(tmp_path, monkeypatch)
         return out / 'final'
 
     monkeypatch.setattr(ablation, '_train', train)
-    monkeypatch.setattr(ablation, '_score', lambda model, out: {'auroc': len(trained) / 100})
+    grounded = []
+
+    def score(model, out, grounding=True):
+        grounded.extend([out.parent.name] if grounding else [])
+        return {'auroc': len(trained) / 100}
+
+    monkeypatch.setattr(ablation, '_score', score)
     scores = ablation.run_seed(0)
     arms = ablation.plan.arms
     assert len(trained) == len(ablation.plan.stage1) + len({a.training for a in arms}) == 2 + 11
     assert len(set(trained)) == len(trained)
     assert scores['clip-100%-pairs'] == scores['supervised+clip']
     assert len({s['auroc'] for s in scores.values()}) == len(arms) - 1
+    # grounding is scored for the claims' arms only (it costs about as much as training)
+    assert sorted(grounded) == sorted(
+        ['supervised+clip', 'clip-from-scratch', 'evidence-10pct-pairs', 'clip-10pct-pairs']
+    )
 
 
 def test_cli_argv_is_the_command_line_a_user_types():
