@@ -95,7 +95,7 @@ def plan_test(
     rng = stream(seed, TEST_STREAM)
     counts_, probs = zip(*RECON_COUNTS, strict=False)
     groups = class_groups(layout)
-    candidates = []  # (n_scans, recons per scan, (n_scans, n_classes) positive matrix)
+    candidates = []  # (reconstructions of each scan, (scans, classes) positive matrix)
     for i in range(TEST_POOL):
         n_scans = 2 if rng.random() < SECOND_SCAN else 1
         recons = [
@@ -118,10 +118,12 @@ def plan_test(
         gain[~free] = -1
         best = int(np.argmax(gain))
         if gain[best] <= 0:
-            short = [g for g, h in zip(class_names(layout), have_pos, strict=True) if h < min_count]
+            names = class_names(layout)
+            short = [f'{n} (+)' for n, h in zip(names, have_pos, strict=True) if h < min_count]
+            short += [f'{n} (-)' for n, h in zip(names, have_neg, strict=True) if h < min_count]
             raise ValueError(
-                f'{TEST_POOL} candidate patients hold too few positives of {short} for '
-                f'min_count={min_count}; lower it'
+                f'test_min_count must be at most what {TEST_POOL} candidate patients hold, '
+                f'not {min_count}: too few volumes of {short}'
             )
         chosen.append(best)
         free[best] = False

@@ -113,7 +113,9 @@ class Demo:
             value = cfg.get(key, DEFAULTS[key])
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'{key} must be an integer >= 0, not {value!r}')
-        rad_volumes = cfg.get('n_rad', DEFAULTS['n_rad']) or cfg.get('test_min_count', 1)
+        rad_volumes = cfg.get('n_rad', DEFAULTS['n_rad']) or cfg.get(
+            'test_min_count', DEFAULTS['test_min_count']
+        )
         if cfg['layout'] != 'ct-rate' and not rad_volumes:
             raise ValueError('n_rad must be > 0 when test_min_count is 0, not 0 (no RAD volume)')
         self.cfg = cfg
