@@ -160,11 +160,11 @@ class Ablation:
         scores = {'auroc': float(metrics['classification']['macro']['auroc']['value'])}
         if grounding and self.demo.wants_grounding:
             dataset, masks = self.demo.held_out_grounding()
-            prior = self.demo.ctrate_root / 'grounding'
+            # no location prior: it is the same for every arm (the demo reports it), and building
+            # it reads every training volume with its masks again for each arm
             _cli(
                 f'ablation grounding {out.name}', 'bench', 'grounding', model=model, data=data,
-                dataset=dataset, masks=masks, prior_from=prior / 'dataset.json',
-                prior_masks=prior / 'masks', out=out / 'grounding', n_bootstrap=0,
+                dataset=dataset, masks=masks, out=out / 'grounding', n_bootstrap=0,
             )  # fmt: skip
             grounding = json.loads((out / 'grounding' / 'metrics.json').read_text('utf-8'))
             for key in ('pointing_game', 'global_dice'):
