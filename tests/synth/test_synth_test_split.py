@@ -136,3 +136,14 @@ def test_cli_takes_the_test_split_and_rejects_a_misspelt_key(tmp_path, capsys):
     assert not _csv(tables / 'imgtrain.csv') and not _csv(tables / 'imgvalid.csv')
     rows = _csv(tables / 'imgtest.csv')
     assert rows and all(r['NoteAcc_DEID'].startswith('tst') for r in rows)
+
+
+def test_a_cohort_of_only_a_test_split_is_read_as_a_ct_rate_tree(tmp_path):
+    from preprocessing.manifest import build_manifest
+
+    root = generate_cohort(
+        tmp_path / 'c', n=0, seed=2, small=True, progress=False, test_min_count=1
+    )
+    rows = build_manifest(root)
+    assert rows and all(r['split'] == 'test' and r['format'] == 'ct-rate' for r in rows)
+    assert all(r['volume_id'].startswith('test_') for r in rows)
