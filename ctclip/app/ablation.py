@@ -160,8 +160,9 @@ class Ablation:
         scores = {'auroc': float(metrics['classification']['macro']['auroc']['value'])}
         if grounding and self.demo.wants_grounding:
             dataset, masks = self.demo.held_out_grounding()
-            # no location prior: it is the same for every arm (the demo reports it), and building
-            # it reads every training volume with its masks again for each arm
+            # no location prior: it is the same for every arm (the demo reports it), and scoring
+            # it on every test finding took longer than the model's own maps (one arm, 2 shared
+            # cores: 82 s without it, 203 s with it)
             _cli(
                 f'ablation grounding {out.name}', 'bench', 'grounding', model=model, data=data,
                 dataset=dataset, masks=masks, out=out / 'grounding', n_bootstrap=0,
@@ -191,8 +192,9 @@ class Ablation:
             )
         by_training: dict[tuple, dict[str, float]] = {}
         scores = {}
-        # Grounding costs about as much as training an arm: only the claims' arms are grounded
-        # (the loss-term arms are compared on AUROC), so 3 seeds fit in an hour on 2 cores.
+        # Grounding an arm (about 80 s) costs more than training it (about 50 s): only the claims'
+        # arms are grounded (the loss-term arms are compared on AUROC), so that 3 seeds fit in an
+        # hour on 2 cores (estimated 55 min from one arm's stage timings on a shared machine).
         grounded = {a.training for a in self.plan.arms if a.name in GROUNDED_ARMS}
         for arm in self.plan.arms:
             if arm.training not in by_training:
