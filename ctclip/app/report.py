@@ -215,7 +215,8 @@ def render_markdown(demo: Demo, m: dict) -> str:
         names = list(grounding['model'])
         lines += [
             '',
-            f'## Grounding: held-out masks ({grounding["n_pairs"]} findings, '
+            f"## Grounding: {'test' if demo.held_out == 'test' else 'held-out'} patients' "
+            f'masks ({grounding["n_pairs"]} findings, '
             f'{grounding["n_patients"]} patients)',
             '',
             f'Masks: {grounding["protocol"]}.',
