@@ -46,7 +46,10 @@ def _row(volume_id: str, path: Path, fmt: str, **extra: Any) -> dict[str, Any]:
 
 def _ctrate_root(folder: Path) -> Path | None:
     for root in (folder / 'dataset', folder):
-        if any((root / d).is_dir() for d in ('train', 'valid', 'train_fixed', 'valid_fixed')):
+        if any(
+            (root / d).is_dir()
+            for d in ('train', 'valid', 'test', 'train_fixed', 'valid_fixed', 'test_fixed')
+        ):
             return root
     return None
 
@@ -73,7 +76,7 @@ def from_ctrate_tree(
     root = _ctrate_root(folder)
     if root is None:
         raise ValueError(
-            f'{str(folder)!r} is not a CT-RATE tree (no train/ valid/ or *_fixed/ folders)'
+            f'{str(folder)!r} is not a CT-RATE tree (no train/ valid/ test/ or *_fixed/ folders)'
         )
     found: dict[str, dict[str, Path]] = {}
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):

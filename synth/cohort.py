@@ -35,6 +35,11 @@ FORMAT_VERSION = 1
 VALID_FRACTION = 0.2
 SECOND_SCAN = 0.2
 RECON_COUNTS = ((1, 0.55), (2, 0.40), (3, 0.05))
+# The test split: candidate patients are numbered from here (train and validation patients are
+# numbered 0..n-1, so the two never share a random stream) and planned on a stream of their own.
+TEST_PATIENT_BASE = 1_000_000
+TEST_STREAM = 9
+TEST_POOL = 4000
 
 
 def plan_cohort(n: int, seed: int, layout: str = 'ct-rate', small: bool = False) -> list[ScanTask]:
@@ -63,6 +68,97 @@ def plan_cohort(n: int, seed: int, layout: str = 'ct-rate', small: bool = False)
     if layout == 'rad-chestct':
         _assign_rad_ids(tasks, rad_ids, rng)
     return tasks
+
+
+def plan_test(
+    seed: int,
+    min_count: int,
+    layout: str = 'ct-rate',
+    small: bool = False,
+    used_rad_ids: set[int] = frozenset(),
+) -> list[ScanTask]:
+    """Test patients, disjoint from train and validation, chosen so that every class has at least
+    `min_count` positive and `min_count` negative volumes.
+
+    Only which patients are taken is steered: each candidate is drawn exactly like a training
+    patient (same prevalences and co-occurrences, same renderer), from its own streams
+    (`TEST_PATIENT_BASE` + i). From a pool of candidates, a greedy cover takes the patient that
+    advances the most unmet (class, positive|negative) needs, earliest candidate on ties, until
+    every need is met. The counts are in volumes (a CT-RATE scan has 1-3 reconstructions), but a
+    candidate's gain counts each class once, for the patient (positive when any scan is, negative
+    when none is), so neither several reconstructions nor a follow-up scan earn extra credit.
+    On the RAD-ChestCT layout the classes also include HLIP's mapped columns (one column can
+    be set by two findings), so the benchmark's own classes meet the counts.
+    """
+    if min_count < 1:
+        raise ValueError(f'min_count must be a positive number of volumes, not {min_count!r}')
+    rng = stream(seed, TEST_STREAM)
+    counts_, probs = zip(*RECON_COUNTS, strict=False)
+    groups = class_groups(layout)
+    candidates = []  # (reconstructions of each scan, (scans, classes) positive matrix)
+    for i in range(TEST_POOL):
+        n_scans = 2 if rng.random() < SECOND_SCAN else 1
+        recons = [
+            int(rng.choice(counts_, p=probs)) if layout == 'ct-rate' else 1 for _ in range(n_scans)
+        ]
+        found = [scan_presence(seed, TEST_PATIENT_BASE + i, s) for s in range(n_scans)]
+        pos = np.array([[bool(fs & g) for g in groups] for fs in found])
+        candidates.append((recons, pos))
+    volumes = np.array([np.sum(c[0]) for c in candidates])
+    pos_vol = np.stack([np.array(c[0]) @ c[1] for c in candidates])  # (P, C) positive volumes
+    neg_vol = volumes[:, None] - pos_vol
+    have_pos = np.zeros(len(groups))
+    have_neg = np.zeros(len(groups))
+    chosen: list[int] = []
+    free = np.ones(len(candidates), dtype=bool)
+    while (have_pos < min_count).any() or (have_neg < min_count).any():
+        want_pos = (have_pos < min_count).astype(float)
+        want_neg = (have_neg < min_count).astype(float)
+        gain = (pos_vol > 0) @ want_pos + (pos_vol == 0) @ want_neg  # patient-level
+        gain[~free] = -1
+        best = int(np.argmax(gain))
+        if gain[best] <= 0:
+            names = class_names(layout)
+            short = [f'{n} (+)' for n, h in zip(names, have_pos, strict=True) if h < min_count]
+            short += [f'{n} (-)' for n, h in zip(names, have_neg, strict=True) if h < min_count]
+            raise ValueError(
+                f'test_min_count must be at most what {TEST_POOL} candidate patients hold, '
+                f'not {min_count}: too few volumes of {short}'
+            )
+        chosen.append(best)
+        free[best] = False
+        have_pos += pos_vol[best]
+        have_neg += neg_vol[best]
+    tasks = []
+    for pid, p in enumerate(sorted(chosen), start=1):
+        for s, k in enumerate(candidates[p][0]):
+            tasks.append(ScanTask(seed, TEST_PATIENT_BASE + p, s, 'test', pid, k, small, layout))
+    if layout == 'rad-chestct':
+        numbers = [
+            int(i) + 10000 for i in rng.permutation(90000) if int(i) + 10000 not in used_rad_ids
+        ]
+        for t, number in zip(tasks, numbers, strict=False):
+            t.rad_id = f'tst{number:05d}'
+    return tasks
+
+
+def class_groups(layout: str) -> list[frozenset[str]]:
+    """The findings behind each class a benchmark of `layout` scores (a class is positive when
+    any of its findings is present): the 18 findings, plus HLIP's mapped RAD-ChestCT columns."""
+    groups = [frozenset({f}) for f in FINDINGS]
+    if layout == 'rad-chestct':
+        for column in radchestct.HLIP_MAPPED.values():
+            groups.append(
+                frozenset(f for f, cols in radchestct.RAW_FROM_FINDING.items() if column in cols)
+            )
+    return groups
+
+
+def class_names(layout: str) -> list[str]:
+    names = list(FINDINGS)
+    if layout == 'rad-chestct':
+        names += [f'{name} (HLIP: {col})' for name, col in radchestct.HLIP_MAPPED.items()]
+    return names
 
 
 def stratified_split(findings: list[set[str]], n_valid: int, rng: np.random.Generator) -> set[int]:
@@ -125,6 +221,7 @@ def generate_cohort(
     small: bool = False,
     workers: int = 1,
     progress: bool = True,
+    test_min_count: int = 0,
 ) -> Path:
     """Write a synthetic cohort of `n` scans under `out` and return the cohort root (`out`).
 
@@ -135,10 +232,16 @@ def generate_cohort(
         layout: 'ct-rate' (NIfTI v1 + v2, CSVs) or 'rad-chestct' (.npz + label tables).
         small: coarse grids (128-160 px, 4-6 mm slices) for tests and the demo.
         workers: processes; the output does not depend on it.
+        test_min_count: when > 0, also a `test` split of extra patients (`plan_test`) with at
+            least this many positive and negative volumes of every class. Train and validation
+            do not change with it (their volumes stay byte for byte the same); `n` may then be 0.
     """
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {LAYOUTS}, not {layout!r}')
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if not isinstance(test_min_count, (int, np.integer)) or test_min_count < 0:
+        raise ValueError(f'test_min_count must be a number of volumes >= 0, not {test_min_count!r}')
+    smallest = 0 if test_min_count else 1
+    if not isinstance(n, (int, np.integer)) or n < smallest:
         raise ValueError(f'n must be a positive number of scans, not {n!r}')
     if workers < 1:
         raise ValueError(f'workers must be >= 1, not {workers!r}')
@@ -146,8 +249,13 @@ def generate_cohort(
     settings = dict(
         n=int(n), seed=int(seed), layout=layout, small=bool(small), format_version=FORMAT_VERSION
     )
+    if test_min_count:  # only then: a cohort made before the test split still resumes
+        settings['test_min_count'] = int(test_min_count)
     parts = _prepare(out, settings)
-    tasks = plan_cohort(int(n), int(seed), layout, bool(small))
+    tasks = plan_cohort(int(n), int(seed), layout, bool(small)) if n else []
+    if test_min_count:
+        used = {int(t.rad_id[3:]) for t in tasks if t.rad_id}
+        tasks += plan_test(int(seed), int(test_min_count), layout, bool(small), used)
     todo = [t for t in tasks if not _done(t, out)]
     _logger.info('synth: %d scans (%d to do) in %s', len(tasks), len(todo), out)
     jobs = [(t, str(out)) for t in todo]
@@ -327,8 +435,10 @@ def _jsonable(value):
 
 def _assemble_ctrate(out: Path, records: list[dict]) -> None:
     ds = out / 'dataset'
-    for split, long in (('train', 'train'), ('valid', 'validation')):
+    for split, long in (('train', 'train'), ('valid', 'validation'), ('test', 'test')):
         mine = [r for r in records if r['split'] == split]
+        if split == 'test' and not mine:
+            continue  # a cohort without a test split has no test tables
 
         def rows(key: str, mine: list[dict] = mine) -> list[dict]:
             return [row for r in mine for row in r[key]]

@@ -4,7 +4,7 @@ For every CT-RATE-layout volume with a present finding, `grounding/masks/<Volume
 binary mask per finding in the volume's native grid (the voxels the renderer set, with the `_fixed`
 volume's affine; finding axis last), and `grounding/dataset.json` lists it as
 `{"name", "findings": {"0": <the report sentence describing it>}, "categories": {"0": <finding>}}`
-under `train` or `val` (ReXGroundingCT's split names; our `valid` patients are `val`). The masks are
+under `train`, `val` or `test` (ReXGroundingCT's split names; our `valid` patients are `val`). The masks are
 extra outputs: the voxels, reports and random streams of the cohort do not change.
 """
 
@@ -21,7 +21,7 @@ from ctcommon.atomic import write_json
 _logger = logging.getLogger(__name__)
 
 FOLDER = 'grounding'
-SPLIT_NAMES = {'train': 'train', 'valid': 'val'}
+SPLIT_NAMES = {'train': 'train', 'valid': 'val', 'test': 'test'}
 
 
 def mask_path(root: Path, name: str) -> Path:

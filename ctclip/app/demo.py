@@ -27,8 +27,13 @@ DEFAULTS: dict = {
     'layout': 'both',  # ct-rate | rad-chestct | both
     'data': None,  # a CT-RATE-layout root to use instead of the synthetic cohort
     'seed': 0,
-    'n': 200,  # synthetic CT-RATE scans (reports)
-    'n_rad': 80,  # synthetic RAD-ChestCT volumes (external test set, never trained on)
+    'n': 200,  # synthetic CT-RATE scans (reports): train and validation patients
+    # The test split of both layouts: extra patients (never trained on, never used to validate)
+    # chosen so that every class has at least this many positive and negative volumes
+    # (`synth.plan_test`); the zero-shot benchmarks and grounding score it. 0: no test split,
+    # the benchmarks score the validation patients (and RAD-ChestCT its `n_rad` volumes).
+    'test_min_count': 25,
+    'n_rad': 0,  # RAD-ChestCT volumes beyond its test split (external too: all are scored)
     'recipe': 'small',
     'workers': 2,
     'labeler': {'backend': 'rules', 'model': None, 'base_url': None, 'concurrency': 8},
@@ -44,10 +49,11 @@ DEFAULTS: dict = {
 
 # --quick: the smallest run that still shows every artefact and learns measurably (CI's
 # end-to-end test, about 2.5 min on 2 cores). At 48 scans and 24 RAD volumes the RAD-layout AUROC
-# was 0.570 [0.471, 0.653]: too few held-out positives to tell a model from chance.
+# was 0.570 [0.471, 0.653]: too few held-out positives to tell a model from chance. A test split
+# of 12 positive and 12 negative volumes per class is about 35 volumes on each layout.
 QUICK: dict = {
     'n': 80,
-    'n_rad': 48,
+    'test_min_count': 12,
     'bench': {'bootstrap': 200},
 }
 
@@ -103,6 +109,15 @@ class Demo:
         check_settings(cfg)
         if cfg['layout'] not in VALID_LAYOUTS:
             raise ValueError(f'layout must be one of {VALID_LAYOUTS}, not {cfg["layout"]!r}')
+        for key in ('test_min_count', 'n_rad'):
+            value = cfg.get(key, DEFAULTS[key])
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f'{key} must be an integer >= 0, not {value!r}')
+        rad_volumes = cfg.get('n_rad', DEFAULTS['n_rad']) or cfg.get(
+            'test_min_count', DEFAULTS['test_min_count']
+        )
+        if cfg['layout'] != 'ct-rate' and not rad_volumes:
+            raise ValueError('n_rad must be > 0 when test_min_count is 0, not 0 (no RAD volume)')
         self.cfg = cfg
         self.out = Path(cfg['out']).resolve()
         self.ctrate_root = Path(cfg['data']).resolve() if cfg['data'] else self.out / 'cohort'
@@ -124,20 +139,45 @@ class Demo:
         return self.ctrate_root / 'dataset' / Path(*parts)
 
     @property
+    def held_out(self) -> str:
+        """The split the benchmarks score: the synthetic test split, or (a user's `data=` tree,
+        or `test_min_count=0`) the validation patients."""
+        test = self.cfg.get('test_min_count', DEFAULTS['test_min_count'])
+        return 'test' if test and not self.cfg.get('data') else 'valid'
+
+    def held_out_tables(self) -> tuple[Path, Path]:
+        """(gold labels, reports) of the held-out split."""
+        split = self.held_out
+        long = {'valid': 'validation', 'test': 'test'}[split]
+        return (
+            self.ctrate('multi_abnormality_labels', f'{split}_predicted_labels.csv'),
+            self.ctrate('radiology_text_reports', f'{long}_reports.csv'),
+        )
+
+    @property
     def wants_rad(self) -> bool:
         return self.cfg['layout'] in ('rad-chestct', 'both')
 
     # -- stages ------------------------------------------------------------------------------------
     def synth(self, s: dict) -> dict:
         runs = {}  # summary key -> the flags of one `ctclip synth`
+        test = s['test_min_count'] or None  # the flag only when set: `ctclip synth` as before
         if not self.cfg['data']:
             runs['ctrate_root'] = dict(
-                out=self.ctrate_root, n=s['n'], seed=s['seed'], layout='ct-rate'
+                out=self.ctrate_root,
+                n=s['n'],
+                seed=s['seed'],
+                layout='ct-rate',
+                test_min_count=test,
             )
         if self.wants_rad:
             seed = s['seed'] + 1
             runs['rad_root'] = dict(
-                out=self.rad_root, n=s['n_rad'], seed=seed, layout='rad-chestct'
+                out=self.rad_root,
+                n=s['n_rad'],
+                seed=seed,
+                layout='rad-chestct',
+                test_min_count=test,
             )
         for flags in runs.values():
             _cli('synth', 'synth', **flags, small=True, workers=self.cfg['workers'])
@@ -201,8 +241,7 @@ class Demo:
         return {'out': str(out)}
 
     def bench_ctrate(self, s: dict) -> dict:
-        gold = self.ctrate('multi_abnormality_labels', 'valid_predicted_labels.csv')
-        reports = self.ctrate('radiology_text_reports', 'validation_reports.csv')
+        gold, reports = self.held_out_tables()
         data = self.paths['ctrate_cache']
         return self._bench('bench_ctrate', 'ct-rate', s, data=data, labels=gold, reports=reports)
 
@@ -221,13 +260,15 @@ class Demo:
     @functools.cache  # noqa: B019 (one Demo per run; the ablation scores every arm on it)
     def held_out_grounding(self) -> tuple[Path, Path]:
         """The held-out patients' grounding set, `grounding/dataset.json` and `grounding/masks/`
-        of the output folder, cut from the cohort's (which also lists the training patients)."""
+        of the output folder, cut from the cohort's (which also lists the training patients):
+        the test split's, or the validation patients' without one."""
         from benchmarks.grounding.dataset import read_dataset, write_dataset
         from ctcommon.atomic import atomic_path
 
         source = self.ctrate_root / 'grounding'
         target = self.paths['grounding']
-        cases = read_dataset(source / 'dataset.json', ['val'])
+        split = {'test': 'test', 'valid': 'val'}[self.held_out]
+        cases = read_dataset(source / 'dataset.json', [split])
         (target / 'masks').mkdir(parents=True, exist_ok=True)
         for case in cases:
             mask = target / 'masks' / case.name
@@ -263,7 +304,14 @@ class Demo:
     def stages(self) -> list[Stage]:
         c = self.cfg
         base = {'seed': c['seed'], 'recipe': c['recipe']}
-        data = {**base, 'n': c['n'], 'n_rad': c['n_rad'], 'data': c['data'], 'layout': c['layout']}
+        data = {
+            **base,
+            'n': c['n'],
+            'n_rad': c['n_rad'],
+            'test_min_count': c['test_min_count'],
+            'data': c['data'],
+            'layout': c['layout'],
+        }
         # the resolved YAML, not only its path: an edited config must retrain, not resume
         train_configs = {k: load_config(c['train'][k]) for k in ('stage1', 'stage2')}
         stages = [

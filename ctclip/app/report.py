@@ -72,9 +72,19 @@ def collect(demo: Demo) -> dict:
                 'headline': bench['headline'],
                 'per_class_auroc': {c: v['auroc'] for c, v in per_class.items()},
                 'per_class_positives': {c: v['n_positive'] for c, v in per_class.items()},
+                'per_class_negatives': {c: v.get('n_negative') for c, v in per_class.items()},
+                'macro_auroc_ci_width': _width(bench['headline']['mean AUROC']),
                 'undefined_classes': bench['classification'].get('undefined_classes', []),
                 'n_items': bench['classification']['n_items'],
+                'split': demo.held_out if name == 'ct-rate' else 'all (external)',
             }
+    if demo.held_out == 'test':
+        metrics['test_split'] = {
+            'min_count': demo.cfg['test_min_count'],
+            'n_rad': demo.cfg['n_rad'],
+            'note': 'test patients were chosen so that every class has at least min_count '
+            'positive and negative volumes: their prevalence is not the training prevalence',
+        }
     grounding = _load(demo.paths['bench_grounding'] / 'metrics.json')
     if grounding:
         arms = {'model': grounding['model'], **grounding['baselines']}
@@ -97,6 +107,12 @@ def collect(demo: Demo) -> dict:
     return metrics
 
 
+def _width(x: dict) -> float | None:
+    if x.get('ci_low') is None or x.get('ci_high') is None:
+        return None
+    return round(float(x['ci_high']) - float(x['ci_low']), 4)
+
+
 def headline(metrics: dict) -> dict[str, str]:
     out = {}
     for name in ('ct-rate', 'rad-chestct'):
@@ -111,6 +127,23 @@ def headline(metrics: dict) -> dict[str, str]:
     if 'labeler' in metrics:
         out['labeler macro F1 vs ground truth'] = _fmt(metrics['labeler']['macro']['f1'])
     return out
+
+
+def _split_note(m: dict, name: str) -> str:
+    """Which patients the benchmark scored, and why its prevalence is not the training one."""
+    test = m.get('test_split')
+    if not test:
+        return 'Scored on the validation patients (no test split).'
+    extra = f' plus {test["n_rad"]} more volumes' if test.get('n_rad') else ''
+    who = (
+        'the test split' if name == 'ct-rate' else f'the RAD-ChestCT cohort (its test split{extra})'
+    )
+    return (
+        f'Scored on {who}: patients never trained on nor used for validation, chosen so that every '
+        f'class has at least {test["min_count"]} positive and {test["min_count"]} negative volumes. '
+        'Its prevalence (below) is therefore not the training prevalence; the renderer and the '
+        'findings themselves are the same.'
+    )
 
 
 def _rel(demo: Demo, path: Path) -> str | None:
@@ -154,12 +187,21 @@ def render_markdown(demo: Demo, m: dict) -> str:
             '|---|---|',
         ]
         lines += [f'| {k} | {_fmt(v)} |' for k, v in bench['headline'].items()]
+        width = bench.get('macro_auroc_ci_width')
+        lines += ['', f"Width of the macro AUROC's 95% interval: {_fmt(width)}."]
+        if name == 'ct-rate' or 'test_split' in m:
+            lines += ['', _split_note(m, name)]
         # a class with one or two positive patients moves by tenths between runs: show how many
-        positives = bench['per_class_positives']
-        lines += ['', '| class | positive volumes | AUROC [95% CI] |', '|---|---:|---|']
+        positives, negatives = bench['per_class_positives'], bench.get('per_class_negatives', {})
         lines += [
-            f'| {c} | {positives[c]} | {_fmt(v)} |' for c, v in bench['per_class_auroc'].items()
+            '',
+            '| class | positive volumes | negative volumes | prevalence | AUROC [95% CI] |',
+            '|---|---:|---:|---:|---|',
         ]
+        for c, v in bench['per_class_auroc'].items():
+            pos, neg = positives[c], negatives.get(c)
+            share = f'{pos / (pos + neg):.2f}' if neg is not None and pos + neg else 'n/a'
+            lines.append(f'| {c} | {pos} | {_fmt(neg)} | {share} | {_fmt(v)} |')
         lines += ['', f'Full report: `{_rel(demo, demo.paths[key] / "report.html")}`']
         for png, title in (
             ('roc_curves.png', 'ROC curves'),
@@ -173,7 +215,8 @@ def render_markdown(demo: Demo, m: dict) -> str:
         names = list(grounding['model'])
         lines += [
             '',
-            f'## Grounding: held-out masks ({grounding["n_pairs"]} findings, '
+            f"## Grounding: {'test' if demo.held_out == 'test' else 'held-out'} patients' "
+            f'masks ({grounding["n_pairs"]} findings, '
             f'{grounding["n_patients"]} patients)',
             '',
             f'Masks: {grounding["protocol"]}.',

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, render_table, summarise
+from ctclip.app.ablation import EVIDENCE_TERMS, ablation_plan, plot, render_table, summarise
 from ctclip.app.pipeline import Pipeline, Stage, cli_argv
 from ctclip.app.report import render_html
 from ctclip.config import apply_overrides, get_dotted, load_config
@@ -158,7 +158,7 @@ def test_ablation_arms_are_valid_configs():
         )
 
 
-def test_ablation_summary_mean_std_and_table():
+def test_ablation_summary_mean_std_and_table(tmp_path):
     plan = ablation_plan()
     per_seed = [
         {a.name: {'auroc': 0.7 + 0.1 * s, 'pointing_game': 0.2 * s} for a in plan.arms}
@@ -171,6 +171,10 @@ def test_ablation_summary_mean_std_and_table():
     assert 'global_dice' not in rows[0]['metrics']  # a metric no seed has is left out
     table = render_table(rows, 3)
     assert '0.800 ± 0.100' in table and '0.200 ± 0.200' in table
+    del rows[1]['metrics']['pointing_game']  # an arm not grounded
+    assert 'not scored' in render_table(rows, 3)
+    plot(rows, tmp_path / 'ablation.png')
+    assert (tmp_path / 'ablation.png').stat().st_size > 0
     assert 'pointing game' in table and table.count('\n') == len(plan.arms) + 1
 
 
@@ -186,13 +190,23 @@ def test_ablation_trains_each_distinct_configuration_once(tmp_path, monkeypatch)
         return out / 'final'
 
     monkeypatch.setattr(ablation, '_train', train)
-    monkeypatch.setattr(ablation, '_score', lambda model, out: {'auroc': len(trained) / 100})
+    grounded = []
+
+    def score(model, out, grounding=True):
+        grounded.extend([out.parent.name] if grounding else [])
+        return {'auroc': len(trained) / 100}
+
+    monkeypatch.setattr(ablation, '_score', score)
     scores = ablation.run_seed(0)
     arms = ablation.plan.arms
     assert len(trained) == len(ablation.plan.stage1) + len({a.training for a in arms}) == 2 + 11
     assert len(set(trained)) == len(trained)
     assert scores['clip-100%-pairs'] == scores['supervised+clip']
     assert len({s['auroc'] for s in scores.values()}) == len(arms) - 1
+    # grounding is scored for the claims' arms only (it costs about as much as training)
+    assert sorted(grounded) == sorted(
+        ['supervised+clip', 'clip-from-scratch', 'evidence-10pct-pairs', 'clip-10pct-pairs']
+    )
 
 
 def test_cli_argv_is_the_command_line_a_user_types():
@@ -222,9 +236,12 @@ def test_demo_stages_run_the_same_commands_as_a_user(tmp_path, monkeypatch):
     out = tmp_path.resolve()
     assert calls[0] == [
         'synth', '--out', f'{out}/cohort', '--n', '200', '--seed', '0', '--layout', 'ct-rate',
-        '--small', '--workers', '2',
+        '--test-min-count', '25', '--small', '--workers', '2',
     ]  # fmt: skip
-    assert calls[1][:3] == ['synth', '--out', f'{out}/cohort-rad'] and calls[1][6] == '1'
+    assert calls[1][:7] == [
+        'synth', '--out', f'{out}/cohort-rad', '--n', '0', '--seed', '1',
+    ]  # fmt: skip
+    assert calls[1][8:11] == ['rad-chestct', '--test-min-count', '25']
     assert calls[2] == [
         'preprocess', '--input', f'{out}/cohort', '--out', f'{out}/cache/ctrate.h5',
         '--recipe', 'small', '--workers', '2',
@@ -247,3 +264,64 @@ def test_a_misspelt_demo_setting_fails_in_one_line_before_any_stage(tmp_path, ca
     assert len(err.splitlines()) == 1, err
     assert "'labeler.bakend' in section 'labeler'; did you mean 'labeler.backend'?" in err
     assert not out.exists()
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('w', encoding='utf-8', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def test_ablation_claims_are_resolved_by_a_paired_bootstrap(tmp_path):
+    """From the runs' own files: a clearly better arm is 'reproduced', identical arms are
+    'unresolved' with the interval [0, 0], and the README sentences say so."""
+    import numpy as np
+
+    from ctclip.app.ablation import Ablation, claim_sentences, render_claims, resolve_claims
+    from ctcommon.findings import FINDINGS
+
+    ablation = Ablation({'out': str(tmp_path), 'data': None, 'layout': 'both'}, seeds=3)
+    rng = np.random.default_rng(0)
+    volumes = [f'test_{p}_a_{r}.nii.gz' for p in range(1, 31) for r in (1, 2)]
+    labels = np.repeat(rng.integers(0, 2, size=(30, len(FINDINGS))), 2, axis=0)
+    gold, _ = ablation.demo.held_out_tables()
+    _write_csv(
+        gold, ['VolumeName', *FINDINGS], [[v, *row] for v, row in zip(volumes, labels, strict=True)]
+    )
+    pairs = [(f'test_{p}', f'test_{p}_a_1.nii.gz', c) for p in range(1, 31) for c in FINDINGS[:2]]
+    header = ['patient', 'case', 'category', 'finding', 'dice', 'hit', 'tp', 'fp', 'fn', 'pointing']
+    for seed in ablation.seeds:
+        dirs = ablation.run_dirs(seed)
+        shared = rng.random(labels.shape)  # evidence-10% and clip-10% score alike
+        for arm, scores in (
+            ('supervised+clip', labels + 0.01 * rng.random(labels.shape)),
+            ('clip-from-scratch', rng.random(labels.shape)),
+            ('evidence-10%-pairs', shared),
+            ('clip-10%-pairs', shared),
+        ):
+            bench = dirs[arm] / 'bench'
+            _write_csv(bench / 'scores.csv', ['VolumeName', *FINDINGS],
+                       [[v, *row] for v, row in zip(volumes, scores, strict=True)])  # fmt: skip
+            hit = int(arm == 'supervised+clip')
+            _write_csv(bench / 'grounding' / 'pairs.csv', header,
+                       [[p, c, k, 'x', 0, 0, 0, 0, 0, hit] for p, c, k in pairs])  # fmt: skip
+    claims = {c['group']: c for c in resolve_claims(ablation, n_draws=300)}
+    li, lgdea = claims['Li et al.'], claims['LGDEA']
+    assert li['n_patients'] == 30 and li['n_seeds'] == 3 and li['n_volumes'] == 60
+    assert li['auroc']['verdict'] == 'reproduced' and li['auroc']['ci_low'] > 0.2
+    assert li['pointing_game']['difference'] == 1.0
+    assert li['pointing_game']['verdict'] == 'reproduced'
+    assert lgdea['auroc']['difference'] == 0.0
+    assert (lgdea['auroc']['ci_low'], lgdea['auroc']['ci_high']) == (0.0, 0.0)
+    assert lgdea['auroc']['verdict'] == 'unresolved'
+    table = render_claims(list(claims.values()))
+    assert '| LGDEA | evidence-10%-pairs | clip-10%-pairs | zero-shot macro AUROC |' in table
+    assert table.count('| reproduced |') == 2 and table.count('| unresolved |') == 2
+    sentences = claim_sentences(list(claims.values()))
+    assert '**Li et al.**' in sentences[0] and '**reproduced**' in sentences[0]
+    assert '**unresolved**' in sentences[1] and '[+0.000, +0.000]' in sentences[1]
+    assert '30 test patients and 3 seeds' in sentences[1]

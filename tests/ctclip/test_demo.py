@@ -57,9 +57,12 @@ def test_quick_demo_writes_every_artefact(quick_demo):
         metrics['bench_ct-rate']['per_class_auroc']
     )
     report = (out / 'report.md').read_text(encoding='utf-8')
-    assert '| class | positive volumes | AUROC [95% CI] |' in report
+    header = '| class | positive volumes | negative volumes | prevalence | AUROC [95% CI] |'
+    assert header in report
     name, n = next(iter(positives.items()))
     assert f'| {name} | {n} | ' in report
+    assert "Width of the macro AUROC's 95% interval" in report
+    assert 'Scored on the test split' in report
 
 
 def test_quick_demo_beats_chance(quick_demo):
@@ -88,8 +91,8 @@ def test_quick_demo_labels_and_reports_headlines(quick_demo):
     }
     # grounding: the held-out patients' set in ReXGroundingCT layout, scored with both baselines
     held_out = json.loads((out / 'grounding' / 'dataset.json').read_text(encoding='utf-8'))
-    names = [item['name'] for item in held_out['val']]
-    assert list(held_out) == ['val'] and all(n.startswith('valid_') for n in names)
+    names = [item['name'] for item in held_out['test']]
+    assert list(held_out) == ['test'] and all(n.startswith('test_') for n in names)
     assert sorted(p.name for p in (out / 'grounding' / 'masks').iterdir()) == sorted(names)
     grounding = metrics['grounding']
     for arm in ('model', 'location_prior', 'random'):
