@@ -284,9 +284,8 @@ class FindingPainter:
         where = self.cv.hu > -950  # never fill the airway lumen
         solid = where & ~self.lung()
         for p in f.parts:
-            self.cv.blob(
-                p['centre'], p['semi'] + 3.0, HU['fat'], where=solid, record=rec
-            )  # nodes sit in fat
+            # nodes sit in fat; the fat rim is context, not the finding, so the mask skips it
+            self.cv.blob(p['centre'], p['semi'] + 3.0, HU['fat'], where=solid)
             self.cv.blob(p['centre'], p['semi'], 38.0, where=where, record=rec)
         self.anatomy.carve(rec)
 

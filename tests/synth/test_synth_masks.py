@@ -57,6 +57,7 @@ def test_every_volume_with_a_finding_has_masks_and_sentences(cohort):
 
 def test_masks_lie_on_the_finding_voxels(cohort):
     """A nodule's mask covers dense voxels in the HU volume, so the grid is the volume's."""
+    seen = set()
     for case in read_dataset(cohort / 'grounding' / 'dataset.json'):
         masks = read_masks(cohort / 'grounding' / 'masks' / case.name, len(case.findings)).masks
         hu = np.asarray(nib.load(str(ctrate_paths(cohort, case.name)[1])).dataobj)
@@ -65,6 +66,10 @@ def test_masks_lie_on_the_finding_voxels(cohort):
                 assert np.median(hu[mask]) > -300, (case.name, finding.category)
             if finding.category == 'Emphysema':
                 assert np.median(hu[mask]) < -850
+            if finding.category == 'Lymphadenopathy':  # the node (38 HU), not its fat rim
+                seen.add(finding.category)
+                assert np.mean(hu[mask] < -50) < 0.1, case.name  # fat is -100 HU
+    assert 'Lymphadenopathy' in seen  # the fixture's seed draws one
 
 
 def test_report_sentences_draw_nothing_from_the_stream():
