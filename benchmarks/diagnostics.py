@@ -466,7 +466,7 @@ def image_outputs(model, cache, ids: list[str]) -> dict[str, np.ndarray]:
     import torch
 
     from ctclip import inference
-    from ctclip.data.transforms import as_channels, read_window_crop
+    from ctclip.data.transforms import model_input, read_hu_crop
 
     window = inference.input_window(model, inference._recipe_window(cache.recipe))
     size = cache.recipe.crop_zyx
@@ -474,10 +474,10 @@ def image_outputs(model, cache, ids: list[str]) -> dict[str, np.ndarray]:
     with torch.inference_mode():
         for start in range(0, len(ids), 8):
             batch = [
-                as_channels(read_window_crop(cache, i, cache.shape(i), size, window, None))
+                model_input(read_hu_crop(cache, i, cache.shape(i), size, window, None), window)
                 for i in ids[start : start + 8]
             ]
-            out = model.encode_image(torch.from_numpy(np.stack(batch)))
+            out = model.encode_image(torch.from_numpy(np.stack(batch)), window.spec)
             feats.append(out['image_features'].float().numpy())
             if 'image_logits' in out:
                 heads.append(torch.sigmoid(out['image_logits']).float().numpy())
