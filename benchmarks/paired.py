@@ -25,6 +25,7 @@ from benchmarks.bootstrap import interval
 from benchmarks.ctrate import load_labels
 from benchmarks.tables import Table, align, normalise_id, read_table
 from ctcommon.metrics import auroc
+from preprocessing.ctrate import split_volume_name
 
 _logger = logging.getLogger(__name__)
 
@@ -33,10 +34,10 @@ VERDICTS = ('reproduced', 'contradicted', 'unresolved')
 
 def patient_of(volume_id: str) -> str:
     """The patient of a CT-RATE volume name (`test_12_a_1.nii.gz` -> `test_12`), else the id."""
-    parts = volume_id.split('_')
-    if len(parts) >= 4 and parts[0] in ('train', 'valid', 'test'):
-        return f'{parts[0]}_{parts[1]}'
-    return volume_id
+    try:
+        return split_volume_name(volume_id)['patient_id']
+    except ValueError:
+        return volume_id
 
 
 def verdict(low: float | None, high: float | None, direction: int = 1) -> str:
