@@ -222,7 +222,8 @@ def test_wheel_runs_the_quick_demo_outside_the_clone(installed):
     venv, outside = installed['venv'], installed['outside']
     start = time.perf_counter()
     _run(
-        [venv / 'bin' / 'ctclip', 'demo', '--quick', '--out', 'demo'],
+        # packaging, not learning (tests/ctclip/test_demo.py checks that): a smaller cohort
+        [venv / 'bin' / 'ctclip', 'demo', '--quick', '--out', 'demo', 'n=40', 'test_min_count=6'],
         cwd=outside,
         venv=venv,
         timeout=1800,
