@@ -136,11 +136,16 @@ class _DirectLayout:
             return f'a blosc chunk does not decompress (blosc error {done})'
         return None
 
-    def _copy_raw(self, raw: bytes, flat: np.ndarray) -> str | None:
+    def _raw_size_problem(self, raw: Any) -> str | None:
         if len(raw) != self.nbytes:
             return f'a raw chunk holds {len(raw)} bytes, not {self.nbytes}'
-        flat[:] = np.frombuffer(raw, np.uint8)
         return None
+
+    def _copy_raw(self, raw: bytes, flat: np.ndarray) -> str | None:
+        problem = self._raw_size_problem(raw)
+        if problem is None:
+            flat[:] = np.frombuffer(raw, np.uint8)
+        return problem
 
     def read(self, ds: h5py.Dataset, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
         out = np.empty(tuple(size), dtype=np.int16)
@@ -154,9 +159,7 @@ class _DirectLayout:
                     corner = (z, y, x)
                     if self.codec == 'none':  # straight into the buffer
                         mask, raw = ds.id.read_direct_chunk(corner, out=flat)
-                        problem = None
-                        if len(raw) != self.nbytes:
-                            problem = f'a raw chunk holds {len(raw)} bytes, not {self.nbytes}'
+                        problem = self._raw_size_problem(raw)
                     else:
                         mask, raw = ds.id.read_direct_chunk(corner)
                         if mask & 1:  # blosc could not shrink it: HDF5 stored the chunk raw
@@ -236,12 +239,18 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def read_volume(ds: h5py.Dataset) -> np.ndarray:
-    """All voxels of a cached volume, through the same decoder as `VolumeCache.read_crop`."""
-    layout = _DirectLayout.of(ds)
-    if layout is None:
-        return ds[()]
-    return layout.read(ds, (0, 0, 0), ds.shape)
+def read_box(
+    ds: h5py.Dataset,
+    start: Sequence[int] = (0, 0, 0),
+    size: Sequence[int] | None = None,
+    layout: _DirectLayout | None = None,
+) -> np.ndarray:
+    """A (z, y, x) box of a cached volume (all of it by default): decoded directly when `layout`
+    is given (`_DirectLayout.of`), else by h5py. Crops, `read` and `verify` all read here."""
+    size = ds.shape if size is None else size
+    if layout is not None:
+        return layout.read(ds, start, size)
+    return ds[tuple(slice(a, a + n) for a, n in zip(start, size, strict=True))]
 
 
 def volume_problem(ds: h5py.Dataset) -> str | None:
@@ -250,7 +259,7 @@ def volume_problem(ds: h5py.Dataset) -> str | None:
     if not expected:
         return f'no checksum (written before format_version {CHECKSUM_SINCE})'
     try:
-        data = read_volume(ds)
+        data = read_box(ds, layout=_DirectLayout.of(ds))
     except (OSError, RuntimeError) as exc:
         return f'unreadable voxels ({_short(exc)})'
     if ds.dtype != np.int16 or data.ndim != 3:
@@ -357,9 +366,17 @@ class VolumeCache:
             raise CacheCorruptError(self.path, volume_id, reason)
         self._verified.add(volume_id)
 
-    def _read(self, ds: h5py.Dataset, volume_id: str, index: Any = ()) -> np.ndarray:
+    def _read(
+        self,
+        ds: h5py.Dataset,
+        volume_id: str,
+        start: Sequence[int] = (0, 0, 0),
+        size: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        if volume_id not in self._layouts:  # the chunk layout is read once per volume
+            self._layouts[volume_id] = _DirectLayout.of(ds)
         try:
-            return read_volume(ds) if index == () else ds[index]
+            return read_box(ds, start, size, self._layouts[volume_id])
         except (OSError, RuntimeError) as exc:  # a chunk that does not decompress
             raise CacheCorruptError(
                 self.path, volume_id, f'unreadable voxels ({_short(exc)})'
@@ -462,22 +479,7 @@ class VolumeCache:
                     f'Crop start {start} size {size} lies outside volume {volume_id!r} of shape '
                     f'{ds.shape} (axis {axis})'
                 )
-        if volume_id not in self._layouts:
-            self._layouts[volume_id] = _DirectLayout.of(ds)
-        layout = self._layouts[volume_id]
-        if layout is not None:
-            try:
-                return layout.read(ds, start, size)
-            except (OSError, RuntimeError) as exc:
-                raise CacheCorruptError(
-                    self.path, volume_id, f'unreadable voxels ({_short(exc)})'
-                ) from exc
-        box = (
-            slice(start[0], start[0] + size[0]),
-            slice(start[1], start[1] + size[1]),
-            slice(start[2], start[2] + size[2]),
-        )
-        return self._read(ds, volume_id, box)
+        return self._read(ds, volume_id, start, size)
 
     def __repr__(self) -> str:
         return f'VolumeCache({str(self.path)!r}, kind={self.kind}, volumes={len(self)})'
