@@ -163,7 +163,7 @@ def ground(
 
     import torch.nn.functional as F
 
-    from ctclip.data.transforms import crop_start, model_input, pad_hu, pad_to
+    from ctclip.data.transforms import centre_model_input
     from ctclip.inference import _device, _recipe_window, embed_texts, input_window
     from preprocessing import inverse
 
@@ -179,9 +179,7 @@ def ground(
     t1 = time.perf_counter()
     window = input_window(model, _recipe_window(recipe))
     size = tuple(int(s) for s in recipe.crop_zyx)
-    start = crop_start(hu.shape, size, None)
-    crop = hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
-    x = model_input(pad_to(np.asarray(crop), size, pad_hu(window)), window)
+    x = centre_model_input(hu, size, window)
     device = _device(model)
     model.eval()
     grid = model.encode_image_grid(torch.from_numpy(x[None]).to(device), window.spec).float()

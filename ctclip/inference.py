@@ -212,7 +212,7 @@ def classify_volume(
 
     The recipe is the argument, else the one saved in the model config, else li2025.
     """
-    from ctclip.data.transforms import crop_start, model_input, pad_hu, pad_to
+    from ctclip.data.transforms import centre_model_input
 
     recipe = _resolve_recipe(recipe if recipe is not None else model.config.get('recipe'))
     if isinstance(path_or_array, np.ndarray):
@@ -225,10 +225,8 @@ def classify_volume(
         from preprocessing.pipeline import process_row
 
         hu, _ = process_row({'path': str(Path(path_or_array))}, recipe)
-    window, size = input_window(model, _recipe_window(recipe)), recipe.crop_zyx
-    start = crop_start(hu.shape, size, None)
-    crop = hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))]
-    volume = model_input(pad_to(np.asarray(crop), size, pad_hu(window)), window)
+    window = input_window(model, _recipe_window(recipe))
+    volume = centre_model_input(hu, recipe.crop_zyx, window)
     emb = _embed_image_batch(model.eval(), [volume], window)
     scores = zero_shot_scores(model, emb, class_names, templates)[0]
     return {name: float(score) for name, score in zip(class_names, scores, strict=True)}

@@ -157,6 +157,14 @@ def model_input(hu: np.ndarray, window: AnyWindow) -> np.ndarray:
     return as_channels(window(hu))
 
 
+def centre_model_input(hu: np.ndarray, size: Sequence[int], window: AnyWindow) -> np.ndarray:
+    """The evaluation input of an HU volume in memory: its centre crop, padded with air, as
+    `model_input` gives it (the cache's twin is `read_hu_crop` with no rng)."""
+    start = crop_start(hu.shape, size, None)
+    crop = np.asarray(hu[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))])
+    return model_input(pad_to(crop, size, pad_hu(window)), window)
+
+
 def window_batch(window: AnyWindow, hu: Any) -> Any:
     """Window an HU batch [B, 1, D, H, W] (torch) into the model's input [B, C, D, H, W] float32:
     one channel per window of a stack. The same float32 math as `Window.__call__` on the host."""
