@@ -112,11 +112,15 @@ def deepspeed_config(
         asked = int((out.get('zero_optimization') or {}).get('stage', 0))
         stage = one_rank_stage(out, ds_cfg.zero_stage, resume_stage)
         if stage != asked:
+            why = (
+                'the resumed checkpoint holds its optimizer state' if stage else 'nothing to shard'
+            )
             _logger.info(
-                'One rank: ZeRO-%d shards nothing, so this run uses ZeRO-%d '
-                '(deepspeed.zero_stage=%d keeps it)',
-                asked,
+                "One rank: ZeRO-%d instead of the config's ZeRO-%d (%s; deepspeed.zero_stage=%d "
+                'keeps it)',
                 stage,
+                asked,
+                why,
                 asked,
             )
             out['zero_optimization'] = {'stage': stage}
