@@ -301,6 +301,11 @@ GROUNDED_ARMS = frozenset(name for c in CLAIMS for name in (c.a, c.b))
 CLAIM_METRICS = {'auroc': 'zero-shot macro AUROC', 'pointing_game': 'grounding pointing game'}
 
 
+def _signed_ci(r: dict) -> str | None:
+    """`[-0.012, +0.034]`, or None without an interval (no bootstrap draws)."""
+    return None if r['ci_low'] is None else f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]'
+
+
 def render_claims(claims: list[dict]) -> str:
     """The claims table: each metric's paired difference (A - B), its interval and verdict."""
     lines = [
@@ -312,7 +317,7 @@ def render_claims(claims: list[dict]) -> str:
             if key not in c:
                 continue
             r = c[key]
-            ci = '' if r['ci_low'] is None else f' [{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]'
+            ci = f' {_signed_ci(r)}' if _signed_ci(r) else ''
             lines.append(
                 f'| {c["group"]} | {c["a"]} | {c["b"]} | {title} | {r["a"]["mean"]:.3f} | '
                 f'{r["b"]["mean"]:.3f} | {r["difference"]:+.3f}{ci} | {r["verdict"]} |'
@@ -325,7 +330,7 @@ def claim_sentences(claims: list[dict]) -> list[str]:
     out = []
     for c in claims:
         r = c['auroc']
-        ci = 'no interval' if r['ci_low'] is None else f'[{r["ci_low"]:+.3f}, {r["ci_high"]:+.3f}]'
+        ci = _signed_ci(r) or 'no interval'
         text = (
             f'**{c["group"]}** ({c["claim"]}): **{r["verdict"]}**. `{c["a"]}` minus `{c["b"]}` '
             f'zero-shot macro AUROC is {r["difference"]:+.3f}, 95% CI {ci} (paired bootstrap over '
@@ -333,13 +338,9 @@ def claim_sentences(claims: list[dict]) -> list[str]:
         )
         if 'pointing_game' in c:
             g = c['pointing_game']
-            gci = (
-                'no interval'
-                if g['ci_low'] is None
-                else f'[{g["ci_low"]:+.3f}, {g["ci_high"]:+.3f}]'
-            )
             text += (
-                f'); grounding pointing game {g["difference"]:+.3f}, 95% CI {gci}: {g["verdict"]}.'
+                f'); grounding pointing game {g["difference"]:+.3f}, 95% CI '
+                f'{_signed_ci(g) or "no interval"}: {g["verdict"]}.'
             )
         else:
             text += ').'
