@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ctcommon.atomic import atomic_path, write_json, write_text
+from benchmarks.plots import pyplot, save_png
+from ctcommon.atomic import write_json, write_text
 from ctcommon.findings import FINDINGS
 from ctcommon.metrics import auroc
 
@@ -542,27 +543,12 @@ def text_side(model_dir: Path, reports: list[str]) -> dict[str, Any]:
 
 
 # ---- figures ---------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path, dpi: int = 80) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format='png')
-    return path
-
-
 def plot_cooccurrence(
     conditional: np.ndarray, phi_train: np.ndarray, prevalence: np.ndarray, path: Path
 ) -> Path:
     """P(column | row) over all volumes, and the phi correlation on the training split (the
     shortcuts a tower can learn)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(15, 7))
     labels = [f'{f} ({p:.0%})' for f, p in zip(FINDINGS, prevalence, strict=True)]
     panels = (
@@ -580,7 +566,7 @@ def plot_cooccurrence(
                     ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=5)
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04)
-    path = _save(fig, path, dpi=70)
+    path = save_png(fig, path, dpi=70)
     plt.close(fig)
     return path
 
@@ -588,7 +574,7 @@ def plot_cooccurrence(
 def plot_examples(examples: dict[str, list[dict]], classes: list[str], path: Path) -> Path:
     """Per class, one held-out example: native slice vs the cached slice (both windowed), the
     finding outlined, the centre crop box dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = [c for c in classes if examples.get(c)]
     fig, axes = plt.subplots(len(classes), 2, figsize=(5.2, 2.5 * len(classes)), squeeze=False)
     for row, finding in zip(axes, classes, strict=True):
@@ -610,13 +596,13 @@ def plot_examples(examples: dict[str, list[dict]], classes: list[str], path: Pat
         for ax in row:
             ax.axis('off')
     fig.tight_layout()
-    path = _save(fig, path, dpi=60)
+    path = save_png(fig, path, dpi=60)
     plt.close(fig)
     return path
 
 
 def plot_auroc(table: list[dict], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     keys = [
         ('stage1_head_train', 'stage-1 head, its training volumes'),
         ('stage1_head', 'stage-1 head'),
@@ -636,7 +622,7 @@ def plot_auroc(table: list[dict], path: Path) -> Path:
     ax.set_ylim(0.2, 1.0)
     ax.set_ylabel('AUROC vs truth, valid split')
     ax.legend(fontsize=6, ncol=2)
-    path = _save(fig, path)
+    path = save_png(fig, path, dpi=80)
     plt.close(fig)
     return path
 

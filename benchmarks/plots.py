@@ -10,7 +10,8 @@ import numpy as np
 from ctcommon.atomic import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -19,9 +20,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG atomically: a full disk never leaves half a picture at `path`."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches='tight', format='png')
+        fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format='png')
     return path
 
 
@@ -31,7 +33,7 @@ def _value(entry: dict | None) -> float:
 
 def plot_roc(classification: dict, path: Path) -> Path:
     """One small ROC panel per class, AUROC and its CI in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = classification['classes']
     cols = min(6, len(classes))
     rows = math.ceil(len(classes) / cols)
@@ -51,14 +53,14 @@ def plot_roc(classification: dict, path: Path) -> Path:
     fig.supxlabel('False positive rate', fontsize=9)
     fig.supylabel('True positive rate', fontsize=9)
     fig.tight_layout()
-    out = _save(fig, path)
+    out = save_png(fig, path)
     plt.close(fig)
     return out
 
 
 def plot_auroc_bars(classification: dict, path: Path) -> Path:
     """Per-class AUROC with 95% bootstrap CIs, the macro mean as a line."""
-    plt = _pyplot()
+    plt = pyplot()
     classes = classification['classes']
     entries = [classification['per_class'][c]['auroc'] for c in classes]
     values = np.array([_value(e) for e in entries])
@@ -75,7 +77,7 @@ def plot_auroc_bars(classification: dict, path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_xlabel('AUROC (95% bootstrap CI)')
     fig.tight_layout()
-    out = _save(fig, path)
+    out = save_png(fig, path)
     plt.close(fig)
     return out
 
@@ -114,7 +116,7 @@ def _map_panel(ax, block: dict) -> None:
 
 def plot_retrieval(retrieval: dict, path: Path) -> Path:
     """Recall@K curve (report->volume) and MAP@K bars (volume->volume), whichever exist."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [k for k in ('report_to_volume', 'volume_to_volume') if k in retrieval]
     n = max(1, len(panels))
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
@@ -124,7 +126,7 @@ def plot_retrieval(retrieval: dict, path: Path) -> Path:
         else:
             _map_panel(ax, retrieval[panel])
     fig.tight_layout()
-    out = _save(fig, path)
+    out = save_png(fig, path)
     plt.close(fig)
     return out
 

@@ -293,9 +293,9 @@ def plot_overlay(
     path: Path, truth: np.ndarray, heat: np.ndarray, ct: np.ndarray | None, title: str
 ) -> Path:
     """Axial and coronal slices (NIfTI voxel order X, Y, Z) through the finding's centre."""
-    from benchmarks.plots import _pyplot, _save
+    from benchmarks.plots import pyplot, save_png
 
-    plt = _pyplot()
+    plt = pyplot()
     centre = np.round(np.argwhere(truth).mean(axis=0)).astype(int)
     views = {
         'axial': lambda a: a[:, :, centre[2]].T,
@@ -319,7 +319,7 @@ def plot_overlay(
         ax.set_title(label, fontsize=9)
         ax.axis('off')
     fig.suptitle(title[:110], fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 

@@ -403,11 +403,9 @@ DEFAULTS = ('slab8 blosc-lz4-shuffle direct', 'slab8 none direct')  # what the c
 
 
 def plot(vs: list[Variant], monai: dict[str, float], pt_bytes: int, path: Path) -> None:
-    import matplotlib
+    from benchmarks.plots import pyplot, save_png
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {'none': 'tab:green', 'blosc-lz4-shuffle': 'tab:blue', 'lz4': 'tab:orange'}
     fig, axes = plt.subplots(1, len(MODES), figsize=(6 * len(MODES), 5.5))
     for ax, mode in zip(axes, MODES, strict=False):
@@ -455,7 +453,7 @@ def plot(vs: list[Variant], monai: dict[str, float], pt_bytes: int, path: Path) 
     ]
     fig.legend(handles=handles, loc='lower center', ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
     plt.close(fig)
 
 
