@@ -326,6 +326,50 @@ class EvidenceLoss:
 
 
 @dataclass
+class TokenEvidenceLoss:
+    """Each evidence quote finds its own image among the batch's images through its best-matching
+    image tokens, not the pooled vector: where a finding is, not only whether it is there.
+
+    A quote's score on an image is a soft maximum (log-mean-exp at `token_temperature`) of its
+    cosines with that image's tokens. InfoNCE at `temperature` over the batch's images makes the
+    quote's own image win. Images labelled positive (or uncertain) for the quote's finding are left
+    out of the other candidates: they hold the same finding, so only images without it are
+    negatives, and what sets the quote's image apart from them is the lesion's own tokens.
+    """
+
+    weight: float = 1.0
+    temperature: float = 0.1
+    token_temperature: float = 0.05
+    name = 'token_evidence'
+    requires = {
+        'image_tokens': 'an image batch',
+        'evidence_features': 'evidence_input_ids passed to the model',
+    }
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        local_tokens, local_quotes = outputs['image_tokens'], outputs['evidence_features']
+        n, device = local_tokens.shape[0], local_tokens.device
+        tokens = all_gather_with_grad(local_tokens.float())  # [B, N, E]
+        quotes = all_gather_with_grad(local_quotes.float())  # [B, M, E]
+        ev_mask = all_gather_no_grad(torch.as_tensor(batch['evidence_mask'], device=device).bool())
+        finding = all_gather_no_grad(torch.as_tensor(batch['evidence_finding'], device=device))
+        labels = all_gather_no_grad(torch.as_tensor(batch['image_labels'], device=device).float())
+        has_image = all_gather_no_grad(_rows(batch, 'has_image', n, device))
+        paired = all_gather_no_grad(_paired(batch, n, device))
+        owner, slot = (ev_mask & paired[:, None] & (finding >= 0)).nonzero(as_tuple=True)
+        if owner.numel() == 0:
+            return {'token_evidence': _zero_like_graph(local_tokens, local_quotes)}
+        q = quotes[owner, slot]  # [Q, E]
+        cos = torch.einsum('qe,bne->qbn', q, tokens) / self.token_temperature
+        scores = (torch.logsumexp(cos, dim=-1) - math.log(tokens.shape[1])) * self.token_temperature
+        same = labels[:, finding[owner, slot]].T != 0  # [Q, B]: positive or uncertain for it
+        candidate = has_image[None, :] & ~same
+        candidate[torch.arange(owner.numel(), device=device), owner] = True
+        logits = (scores / self.temperature).masked_fill(~candidate, float('-inf'))
+        return {'token_evidence': F.cross_entropy(logits, owner)}
+
+
+@dataclass
 class PromptLoss:
     """Zero-shot prompt alignment: BCE of the zero-shot score itself against the image labels.
 
@@ -369,6 +413,7 @@ TERMS = {
     'evidence': EvidenceLoss,
     'text_bce': TextBCELoss,
     'prompt': PromptLoss,
+    'token_evidence': TokenEvidenceLoss,
 }
 # Sub-terms that a term returns beside its own key, and the weight field that scales each.
 _SUBTERM_WEIGHTS = {'bce_text': 'weight', 'evidence_entropy': 'entropy_weight'}
@@ -443,7 +488,7 @@ def create_loss(cfg: dict[str, Any] | None, rank: int = 0, world_size: int = 1) 
     """Build the loss from a config such as `{'bce': 1.0, 'clip': {'weight': 1.0}}`.
 
     Terms with weight 0 or `enabled: false` are skipped. Valid terms: bce, clip, multi_positive,
-    evidence, text_bce, prompt (see docs/objective.md).
+    evidence, text_bce, prompt, token_evidence (see docs/objective.md).
 
     Example:
         >>> loss = create_loss({'clip': 1.0, 'evidence': {'weight': 0.5, 'temperature': 0.1}})
@@ -465,7 +510,8 @@ def active_terms(cfg: dict[str, Any] | None) -> list[Any]:
     return terms
 
 
-TEXT_TERMS = ('clip', 'multi_positive', 'evidence', 'text_bce', 'prompt')
+TEXT_TERMS = ('clip', 'multi_positive', 'evidence', 'text_bce', 'prompt', 'token_evidence')
+QUOTE_TERMS = ('evidence', 'token_evidence')  # the terms that read the evidence quotes
 
 
 def active_term_names(cfg: Mapping | None) -> set[str]:

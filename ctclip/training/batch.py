@@ -33,13 +33,13 @@ def model_inputs(
     The image goes as it comes (int16 HU from the loader, pinned where CUDA is): the model windows
     it, casts it to its weights' dtype and lays it out (`CTClip.prepare_image`) on the device.
     """
-    from ctclip.losses import active_term_names, uses_text
+    from ctclip.losses import QUOTE_TERMS, active_term_names, uses_text
 
     keys = ['image']
     active = active_term_names(loss_cfg)
     if uses_text(loss_cfg, active):
         keys += ['input_ids', 'attention_mask']
-    if 'evidence' in active:
+    if active & set(QUOTE_TERMS):
         keys += ['evidence_input_ids', 'evidence_attention_mask']
     return {k: batch[k].to(device, non_blocking=True) for k in keys}
 

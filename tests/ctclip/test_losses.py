@@ -16,6 +16,7 @@ from ctclip.losses import (
     ClipLoss,
     EvidenceLoss,
     MultiPositiveLoss,
+    TokenEvidenceLoss,
     balanced_pos_weight,
     create_loss,
     masked_bce,
@@ -282,6 +283,75 @@ def test_entropy_term_penalises_prototype_collapse():
     assert low.item() == pytest.approx(0.0, abs=1e-3)
 
 
+def _token_case(tokens, quotes, finding, labels):
+    """Images [B, N, E] and one quote per image [B, E] of `finding` [B]; image labels [B, C]."""
+    outputs = {
+        'image_tokens': F.normalize(tokens, dim=-1),
+        'evidence_features': F.normalize(quotes, dim=-1)[:, None],
+    }
+    batch = {
+        'evidence_mask': torch.ones(tokens.shape[0], 1, dtype=torch.bool),
+        'evidence_finding': torch.as_tensor(finding)[:, None],
+        'image_labels': torch.as_tensor(labels, dtype=torch.float32),
+    }
+    return outputs, batch
+
+
+def test_token_evidence_hand_worked_value():
+    # 2 images of 2 tokens; image 0 holds the quote's direction in token 1, image 1 nowhere
+    e = torch.eye(4)
+    tokens = torch.stack([torch.stack([e[2], e[0]]), torch.stack([e[2], e[3]])])
+    quotes = torch.stack([e[0], e[1]])
+    # image 1's quote (finding 1) matches no token; labels: each image has only its own finding
+    outputs, batch = _token_case(tokens, quotes, [0, 1], [[1, 0], [0, 1]])
+    loss = TokenEvidenceLoss(temperature=1.0, token_temperature=1.0)
+    lme = lambda c: math.log(sum(math.exp(v) for v in c) / len(c))  # noqa: E731
+    s00, s01 = lme([0.0, 1.0]), lme([0.0, 0.0])  # quote 0 on images 0 and 1
+    s10, s11 = lme([0.0, 0.0]), lme([0.0, 0.0])  # quote 1 on images 0 and 1
+    q0 = -s00 + math.log(math.exp(s00) + math.exp(s01))
+    q1 = -s11 + math.log(math.exp(s10) + math.exp(s11))
+    assert loss(outputs, batch)['token_evidence'].item() == pytest.approx((q0 + q1) / 2, abs=1e-6)
+
+
+def test_token_evidence_leaves_images_with_the_same_finding_out_of_the_negatives():
+    g = torch.Generator().manual_seed(0)
+    tokens, quotes = torch.randn(3, 5, 8, generator=g), torch.randn(3, 8, generator=g)
+    loss = TokenEvidenceLoss()
+    # image 1 is positive for finding 0 (the quote of image 0): for quote 0 it is no negative
+    full = loss(*_token_case(tokens, quotes, [0, 1, 1], [[1, 0], [1, 1], [0, 1]]))
+    outputs, batch = _token_case(tokens, quotes, [0, 1, 1], [[1, 0], [1, 1], [0, 1]])
+    scores = torch.einsum(
+        'qe,bne->qbn', outputs['evidence_features'][:, 0], outputs['image_tokens']
+    )
+    scores = (torch.logsumexp(scores / 0.05, -1) - math.log(5)) * 0.05 / 0.1
+    allowed = torch.tensor([[1, 0, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    expected = F.cross_entropy(scores.masked_fill(~allowed, float('-inf')), torch.arange(3))
+    assert full['token_evidence'].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_token_evidence_pushes_the_matching_token_most():
+    g = torch.Generator().manual_seed(1)
+    quotes = torch.randn(4, 8, generator=g)
+    tokens = torch.randn(4, 6, 8, generator=g)
+    tokens[0, 2] = quotes[0] + 0.3 * tokens[0, 2]  # the lesion token of image 0
+    outputs, batch = _token_case(tokens, quotes, [0, 1, 2, 3], np.eye(4))
+    batch['evidence_mask'][1:] = False  # image 0's tokens: only its own quote's gradient
+    leaf = outputs['image_tokens'].detach().requires_grad_()
+    outputs['image_tokens'] = leaf
+    TokenEvidenceLoss()(outputs, batch)['token_evidence'].backward()
+    grads = leaf.grad[0].norm(dim=-1)
+    assert int(grads.argmax()) == 2 and grads[2] > 10 * grads[torch.arange(6) != 2].max()
+
+
+def test_token_evidence_without_quotes_is_a_zero_on_the_graph():
+    tokens = torch.randn(2, 3, 8, requires_grad=True)
+    outputs, batch = _token_case(tokens, torch.randn(2, 8), [0, 1], [[1, 0], [0, 1]])
+    batch['evidence_mask'][:] = False
+    out = TokenEvidenceLoss()(outputs, batch)['token_evidence']
+    out.backward()
+    assert out.item() == 0.0 and tokens.grad is not None
+
+
 def test_combined_evidence_total_uses_entropy_weight():
     g = torch.Generator().manual_seed(2)
     outputs, batch = _evidence_case(
@@ -473,3 +543,5 @@ def test_the_engine_feeds_exactly_the_inputs_of_the_active_terms():
     assert {t.name for t in create_loss(evidence).terms} == {'clip', 'evidence'}
     off = {'clip': 1.0, 'evidence': {'weight': 0.5, 'enabled': False}}
     assert keys(off) == {'image', 'input_ids', 'attention_mask'}
+    # the token-level term reads the quotes too, without the prototype term
+    assert {'evidence_input_ids', 'evidence_attention_mask'} <= keys({'token_evidence': 1.0})

@@ -30,6 +30,34 @@ def test_resnet_stem_stride_and_widths_are_configurable():
     assert pooled.shape == (2, 6) and tokens.shape == (2, 2 * 4 * 4, 6)
 
 
+@pytest.mark.parametrize('block', ['basic', 'bottleneck'])
+def test_resnet_stage_strides_give_a_finer_token_grid(block):
+    x = torch.randn(2, 1, 32, 64, 64)
+    kwargs = dict(layers=(1, 1, 1, 1), block_inplanes=(2, 4, 4, 6), block=block)
+    default = ResNet3dTower(**kwargs).forward_grid(x)
+    finer = ResNet3dTower(**kwargs, stage_strides=(1, 2, 2, 1)).forward_grid(x)
+    finest = ResNet3dTower(**kwargs, stage_strides=(1, 2, 1, 1)).forward_grid(x)
+    assert default.shape[2:] == (1, 2, 2)
+    assert finer.shape[2:] == (2, 4, 4) and finest.shape[2:] == (4, 8, 8)
+    assert finer.shape[:2] == default.shape[:2]
+
+
+@pytest.mark.parametrize('strides', [(2, 2, 2, 2), (1, 2, 3, 2), (1, 2, 2)])
+def test_resnet_stage_strides_are_validated(strides):
+    with pytest.raises(ValueError, match='stage_strides must be 4 strides of 1 or 2'):
+        ResNet3dTower(layers=(1, 1, 1, 1), block_inplanes=(2, 4, 4, 6), stage_strides=strides)
+
+
+def test_resnet_stage_strides_need_a_module_shortcut():
+    with pytest.raises(ValueError, match="need shortcut_type 'B', not 'A'"):
+        ResNet3dTower(
+            layers=(1, 1, 1, 1),
+            block_inplanes=(2, 4, 4, 6),
+            shortcut_type='A',
+            stage_strides=(1, 2, 2, 1),
+        )
+
+
 def test_resnet50_config_uses_bottleneck_blocks():
     model = create_model(
         'resnet3d-50-cxrbert',
