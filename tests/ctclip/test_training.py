@@ -123,12 +123,14 @@ def test_stage1_then_evidence_stage2_with_pseudo_labels(cohort, tmp_path, caplog
         data={'paired_fraction': 0.5},
         train={'init_from': str(final1), 'eval_every': 3},
     )
+    cfg2['loss']['token_evidence'] = {'weight': 0.5}  # the quotes feed both evidence terms
     final2 = train(cfg2)
     records = read_metrics(tmp_path / 's2' / 'metrics.jsonl')
     terms = {k for r in records for k in r if k.startswith('loss/')}
     assert {
         'loss/clip',
         'loss/evidence',
+        'loss/token_evidence',
         'loss/multi_positive',
         'loss/text_bce',
         'loss/bce',
