@@ -334,7 +334,8 @@ class TokenEvidenceLoss:
     cosines with that image's tokens. InfoNCE at `temperature` over the batch's images makes the
     quote's own image win. Images labelled positive (or uncertain) for the quote's finding are left
     out of the other candidates: they hold the same finding, so only images without it are
-    negatives, and what sets the quote's image apart from them is the lesion's own tokens.
+    negatives, and what sets the quote's image apart from them is the lesion's own tokens. Only a
+    label of exactly 0 makes a negative: an unpaired image's soft pseudo-label never does.
     """
 
     weight: float = 1.0

@@ -127,7 +127,7 @@ class ResNet3dTower(ImageTower):
 def _set_stage_strides(stages: nn.ModuleList, strides: Sequence[int]) -> None:
     """Keep a stage at its input's resolution (stride 1 instead of MONAI's 2): a finer token
     grid for phrase grounding. The last stage at stride 1 turns the small recipe's 48 x 96 x 96
-    crop into 3 x 6 x 6 tokens instead of 2 x 3 x 3, at no measurable cost (docs/grounding.md)."""
+    crop into 3 x 6 x 6 tokens instead of 2 x 3 x 3 at the same cost (docs/models.md)."""
     strides = [int(s) for s in strides]
     if len(strides) != 4 or strides[0] != 1 or any(s not in (1, 2) for s in strides):
         raise ValueError(
