@@ -429,8 +429,9 @@ def _check_term(term: Any) -> Any:
         raise ValueError(
             f"loss.{term.name}.kl_direction must be one of {list(KL_DIRECTIONS)}, not '{term.kl_direction}'"
         )
-    if getattr(term, 'temperature', 1.0) <= 0:
-        raise ValueError(f'loss.{term.name}.temperature must be > 0, not {term.temperature}')
+    for f in fields(term):  # `temperature`, `token_temperature`: every one divides a cosine
+        if f.name.endswith('temperature') and getattr(term, f.name) <= 0:
+            raise ValueError(f'loss.{term.name}.{f.name} must be > 0, not {getattr(term, f.name)}')
     if term.weight < 0:
         raise ValueError(f'loss.{term.name}.weight must be >= 0, not {term.weight}')
     return term

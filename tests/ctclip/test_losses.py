@@ -343,6 +343,12 @@ def test_token_evidence_pushes_the_matching_token_most():
     assert int(grads.argmax()) == 2 and grads[2] > 10 * grads[torch.arange(6) != 2].max()
 
 
+@pytest.mark.parametrize('key', ['temperature', 'token_temperature'])
+def test_token_evidence_temperatures_must_be_positive(key):
+    with pytest.raises(ValueError, match=f'loss.token_evidence.{key} must be > 0, not 0'):
+        create_loss({'token_evidence': {'weight': 1.0, key: 0}})
+
+
 def test_token_evidence_without_quotes_is_a_zero_on_the_graph():
     tokens = torch.randn(2, 3, 8, requires_grad=True)
     outputs, batch = _token_case(tokens, torch.randn(2, 8), [0, 1], [[1, 0], [0, 1]])
